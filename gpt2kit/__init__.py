@@ -1,0 +1,20 @@
+"""gpt2kit: a GPT-2 toolkit where every part is one line of YAML away."""
+
+from gpt2kit.config import PRESETS, GPTConfig, preset
+from gpt2kit.errors import GPT2KitError
+from gpt2kit.model import GPT
+from gpt2kit.registry import build, list_components, register, registry
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "GPT",
+    "GPT2KitError",
+    "GPTConfig",
+    "PRESETS",
+    "build",
+    "list_components",
+    "preset",
+    "register",
+    "registry",
+]

@@ -1,0 +1,4 @@
+from gpt2kit.cli import main
+
+if __name__ == "__main__":
+    main()

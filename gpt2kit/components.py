@@ -1,0 +1,4 @@
+"""Imports every built-in component module, so that each registers itself."""
+
+import gpt2kit.nn  # noqa: F401  attention, position, norm, mlp, head
+import gpt2kit.tokenizers  # noqa: F401

@@ -1,0 +1,156 @@
+"""The pretraining DataModule: prepared token shards served as (input, target) windows.
+
+Training samples random windows, as nanoGPT does; validation uses a fixed, evenly spaced set of
+windows, so a validation loss is comparable across runs and checkpoints.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, RandomSampler
+
+from gpt2kit.data.prepare import Prepared, prepare
+from gpt2kit.data.sources import TextSource, cache_dir
+from gpt2kit.errors import GPT2KitError
+from gpt2kit.tokenizers import CharTokenizer, Tokenizer
+
+log = logging.getLogger(__name__)
+
+
+class WindowDataset(Dataset):
+    """Windows of ``block_size + 1`` tokens of a memmapped shard, split into input and target."""
+
+    def __init__(
+        self, path: Path, dtype: np.dtype, block_size: int, offsets: np.ndarray | None = None
+    ) -> None:
+        self.path, self.dtype, self.block_size = path, dtype, block_size
+        n = len(np.memmap(path, dtype=dtype, mode="r"))
+        self.n_offsets = n - block_size  # every start that leaves room for the shifted target
+        self.offsets = offsets
+        self._data: np.memmap | None = None  # opened lazily, once per worker process
+
+    def __len__(self) -> int:
+        return len(self.offsets) if self.offsets is not None else self.n_offsets
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._data is None:
+            self._data = np.memmap(self.path, dtype=self.dtype, mode="r")
+        start = int(self.offsets[i]) if self.offsets is not None else i
+        chunk = torch.from_numpy(self._data[start : start + self.block_size + 1].astype(np.int64))
+        return chunk[:-1], chunk[1:]  # (T,), (T,) target is the input shifted by one
+
+
+class TextDataModule(L.LightningDataModule):
+    """Plain-text pretraining data: a named corpus or local files, tokenized once and cached."""
+
+    def __init__(
+        self,
+        source: str = "tinyshakespeare",
+        tokenizer: Tokenizer | None = None,
+        block_size: int = 64,
+        batch_size: int = 12,
+        val_fraction: float = 0.1,
+        val_max_windows: int | None = None,
+        num_workers: int = 0,
+        seed: int = 1337,
+        cache: str | None = None,
+    ) -> None:
+        """
+        Args:
+            source: a named corpus (tinyshakespeare, gutenberg-english, ...) or a text file, folder or glob.
+            tokenizer: the tokenizer to train on the corpus or use as is (default: char).
+            block_size: tokens per training window; recipes link it to model.arch.block_size.
+            batch_size: windows per batch (per device).
+            val_fraction: share of each document held out for validation (its end).
+            val_max_windows: cap on the number of fixed validation windows (evenly spaced); None: all.
+            num_workers: DataLoader worker processes.
+            seed: seed of the random training windows.
+            cache: folder for prepared shards (default: $GPT2KIT_CACHE/prepared).
+        """
+        super().__init__()
+        if block_size <= 0 or batch_size <= 0:
+            raise GPT2KitError(f"block_size={block_size} and batch_size={batch_size} must be positive")
+        self.source = source
+        self._tokenizer = tokenizer if tokenizer is not None else CharTokenizer()
+        self.block_size = block_size
+        self.batch_size = batch_size
+        self.val_fraction = val_fraction
+        self.val_max_windows = val_max_windows
+        self.num_workers = num_workers
+        self.seed = seed
+        self.cache = Path(cache).expanduser() if cache else cache_dir() / "prepared"
+        self._prepared: Prepared | None = None
+
+    # -- preparation ----------------------------------------------------------------------------------
+    def prepare_data(self) -> None:
+        self.prepared()
+
+    def prepared(self) -> Prepared:
+        """The prepared shards, preparing them first if needed (idempotent, cheap when cached)."""
+        if self._prepared is None:
+            self._prepared = prepare(
+                TextSource.resolve(self.source), self._tokenizer, self.cache, self.val_fraction
+            )
+        return self._prepared
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        return self.prepared().tokenizer
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tokenizer.vocab_size
+
+    # -- loaders ------------------------------------------------------------------------------------------
+    def setup(self, stage: str | None = None) -> None:
+        prepared = self.prepared()
+        for split in ("train", "val"):
+            n = prepared.meta[f"{split}_tokens"]
+            if n <= self.block_size:
+                raise GPT2KitError(
+                    f"the {split} split has {n} tokens, not more than block_size={self.block_size}: "
+                    "lower block_size, raise val_fraction or add text"
+                )
+
+    def _dataset(self, split: str, offsets: np.ndarray | None = None) -> WindowDataset:
+        prepared = self.prepared()
+        return WindowDataset(prepared.path / f"{split}.bin", prepared.dtype, self.block_size, offsets)
+
+    def val_offsets(self) -> np.ndarray:
+        n = self.prepared().meta["val_tokens"]
+        offsets = np.arange(0, n - self.block_size, self.block_size)  # non-overlapping windows
+        if self.val_max_windows is not None and len(offsets) > self.val_max_windows:
+            keep = np.linspace(0, len(offsets) - 1, self.val_max_windows).round().astype(int)
+            offsets = offsets[keep]
+        return offsets
+
+    def _loader(self, dataset: Dataset, **kwargs) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            num_workers=self.num_workers,
+            pin_memory=torch.cuda.is_available(),
+            persistent_workers=self.num_workers > 0,
+            **kwargs,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        dataset = self._dataset("train")
+        # An "epoch" draws as many random windows as the split has tokens / block_size.
+        sampler = RandomSampler(
+            dataset,
+            num_samples=max(1, dataset.n_offsets // self.block_size),
+            generator=torch.Generator().manual_seed(self.seed),
+        )
+        return self._loader(dataset, sampler=sampler, drop_last=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self._dataset("val", self.val_offsets()), shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self.val_dataloader()

@@ -1,0 +1,220 @@
+"""GPTLitModule: the GPT model inside Lightning — loss, metrics, optimizer groups, LR schedule.
+
+Its constructor arguments are the recipe's ``model:`` section; LightningCLI type-checks them and
+stores them (with full class paths) in every checkpoint, together with the tokenizer, so that a
+checkpoint alone rebuilds the model (see :mod:`gpt2kit.checkpoint`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchmetrics import MeanMetric
+
+from gpt2kit.config import GPTConfig
+from gpt2kit.errors import GPT2KitError
+from gpt2kit.model import GPT, AttentionFactory, HeadFactory, MLPFactory, NormFactory, PositionFactory
+from gpt2kit.nn import CausalSelfAttention, GeluMLP, LayerNorm, LearnedPosition, TiedLMHead
+from gpt2kit.tokenizers import Tokenizer
+
+IGNORE_INDEX = -100
+"""Target id that contributes no loss (padding, prompts, non-assistant chat turns)."""
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with linear warmup and cosine decay (GPT-2 / nanoGPT defaults)."""
+
+    lr: float = 6e-4
+    """Peak learning rate, reached at the end of warmup."""
+    min_lr: float = 6e-5
+    """Learning rate at the end of the cosine decay (and after it)."""
+    weight_decay: float = 0.1
+    """Decoupled weight decay, applied to weight matrices only (not biases, norms or embeddings)."""
+    betas: tuple[float, float] = (0.9, 0.95)
+    """Adam's beta1 and beta2."""
+    eps: float = 1e-8
+    """Adam's epsilon."""
+    warmup_steps: int = 100
+    """Optimizer steps of linear warmup from 0."""
+    decay_steps: int | None = None
+    """Step at which the cosine reaches min_lr; None: the trainer's max_steps."""
+    fused: bool | None = None
+    """Fused AdamW kernel; None: on when training on CUDA."""
+
+    def __post_init__(self) -> None:
+        if self.lr <= 0 or self.min_lr < 0 or self.min_lr > self.lr:
+            raise GPT2KitError(f"need 0 <= min_lr <= lr and lr > 0, got lr={self.lr}, min_lr={self.min_lr}")
+        if self.warmup_steps < 0:
+            raise GPT2KitError(f"warmup_steps={self.warmup_steps} must be >= 0")
+
+
+def lr_factor(step: int, warmup: int, decay: int, min_ratio: float) -> float:
+    """Multiplier of the peak LR at an optimizer step: linear warmup, then cosine down to min_ratio."""
+    if step < warmup:
+        return (step + 1) / (warmup + 1)
+    if step >= decay:
+        return min_ratio
+    progress = (step - warmup) / max(1, decay - warmup)
+    return min_ratio + 0.5 * (1.0 + math.cos(math.pi * progress)) * (1.0 - min_ratio)
+
+
+def component_spec(value: Any) -> Any:
+    """A recipe-style description of a constructor argument: ``{"class_path": ..., "init_args": ...}``."""
+    if isinstance(value, type):
+        return {"class_path": f"{value.__module__}.{value.__qualname__}"}
+    if isinstance(value, functools.partial):  # what a class_path + init_args becomes
+        cls = next((a for a in (value.func, *value.args) if isinstance(a, type)), None)
+        if cls is not None:
+            return {**component_spec(cls), "init_args": dict(value.keywords)}
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    return value
+
+
+class GPTLitModule(L.LightningModule):
+    """Trains a :class:`~gpt2kit.model.GPT` as a language model (next-token cross-entropy)."""
+
+    def __init__(
+        self,
+        arch: GPTConfig = GPTConfig(),
+        attention: AttentionFactory = CausalSelfAttention,
+        position: PositionFactory = LearnedPosition,
+        norm: NormFactory = LayerNorm,
+        mlp: MLPFactory = GeluMLP,
+        head: HeadFactory = TiedLMHead,
+        optim: OptimConfig = OptimConfig(),
+    ) -> None:
+        """
+        Args:
+            arch: the model's sizes (vocab_size is linked from the data's tokenizer).
+            attention: the attention variant of every block.
+            position: the position encoding.
+            norm: the normalisation layer (before attention, before the MLP and at the end).
+            mlp: the feed-forward sub-layer of every block.
+            head: the output head.
+            optim: optimizer and learning-rate schedule.
+        """
+        super().__init__()
+        self.save_hyperparameters()
+        if "_instantiator" not in self.hparams:  # built in Python, not by the CLI: store specs, not objects
+            for key, value in list(self.hparams.items()):
+                self.hparams[key] = component_spec(value)
+            self.hparams["_instantiator"] = "lightning.pytorch.cli.instantiate_module"
+        self.optim = optim
+        self.model = GPT(arch, attention, position, norm, mlp, head)
+        self.tokenizer: Tokenizer | None = None
+        self.val_loss = MeanMetric()
+        self._last_step_time: float | None = None
+
+    def forward(self, idx: Tensor, **kwargs: Any) -> Tensor:
+        return self.model(idx, **kwargs)
+
+    # -- steps ----------------------------------------------------------------------------------------
+    def loss(self, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+        """Mean next-token cross-entropy over the supervised targets, and their count."""
+        x, y = batch
+        logits = self.model(x)  # (B, T, vocab)
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), ignore_index=IGNORE_INDEX)
+        return loss, (y != IGNORE_INDEX).sum()
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        loss, _ = self.loss(batch)
+        self.log("train_loss", loss, prog_bar=True)
+        now = time.perf_counter()
+        if self._last_step_time is not None:
+            tokens = batch[0].numel() * self.trainer.world_size * self.trainer.accumulate_grad_batches
+            self.log("tokens_per_sec", tokens / (now - self._last_step_time))
+        self._last_step_time = now
+        return loss
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        if self.trainer.lr_scheduler_configs:
+            self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"])
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        loss, n = self.loss(batch)
+        self.val_loss.update(loss, weight=n)
+
+    def on_validation_epoch_end(self) -> None:
+        loss = self.val_loss.compute()
+        self.val_loss.reset()
+        prefix = "test" if self.trainer.testing else "val"
+        self.log(f"{prefix}_loss", loss, prog_bar=True)
+        self.log(f"{prefix}_ppl", torch.exp(loss))
+        self._last_step_time = None  # the time spent validating is not training throughput
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self.validation_step(batch, batch_idx)
+
+    def on_test_epoch_end(self) -> None:
+        self.on_validation_epoch_end()
+
+    # -- optimizer --------------------------------------------------------------------------------------
+    def param_groups(self) -> list[dict[str, Any]]:
+        """AdamW groups: weight decay on matrices; none on biases, norms and embeddings."""
+        embeddings = {id(m.weight) for m in self.model.modules() if isinstance(m, nn.Embedding)}
+        decay, no_decay = [], []
+        for p in self.model.parameters():
+            if p.requires_grad:
+                (decay if p.dim() >= 2 and id(p) not in embeddings else no_decay).append(p)
+        return [
+            {"params": decay, "weight_decay": self.optim.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        o = self.optim
+        groups = [g for g in self.param_groups() if g["params"]]
+        if not groups:
+            raise GPT2KitError("no trainable parameters: everything is frozen; unfreeze something to train")
+        fused = o.fused if o.fused is not None else self.device.type == "cuda"
+        optimizer = torch.optim.AdamW(groups, lr=o.lr, betas=o.betas, eps=o.eps, fused=fused or None)
+        decay = o.decay_steps
+        if decay is None:
+            decay = (
+                self.trainer.max_steps
+                if self.trainer.max_steps > 0
+                else int(self.trainer.estimated_stepping_batches)
+            )
+        factor = functools.partial(lr_factor, warmup=o.warmup_steps, decay=decay, min_ratio=o.min_lr / o.lr)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # -- tokenizer travels with the checkpoint ----------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        data_tok = getattr(datamodule, "tokenizer", None)
+        if data_tok is None:
+            return
+        if self.tokenizer is not None and self.tokenizer != data_tok:
+            raise GPT2KitError(
+                f"the model's tokenizer ({self.tokenizer!r}, {self.tokenizer.fingerprint()}) differs from the "
+                f"data's ({data_tok!r}, {data_tok.fingerprint()}): prepare the data with the checkpoint's tokenizer"
+            )
+        if data_tok.vocab_size > self.model.config.vocab_size:
+            raise GPT2KitError(
+                f"the data's tokenizer has {data_tok.vocab_size} tokens but the model's vocab_size is "
+                f"{self.model.config.vocab_size}: link model.arch.vocab_size to the data (the CLI does this)"
+            )
+        self.tokenizer = data_tok
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        from gpt2kit import __version__
+
+        tokenizer = self.tokenizer.to_dict() if self.tokenizer is not None else None
+        checkpoint["gpt2kit"] = {"version": __version__, "tokenizer": tokenizer}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        saved = checkpoint.get("gpt2kit", {}).get("tokenizer")
+        if saved is not None:
+            self.tokenizer = Tokenizer.from_dict(saved)

@@ -1,0 +1,111 @@
+"""The GPT model: token embedding → position encoding → blocks → final norm → head.
+
+The model is assembled from component *factories*: callables that take the model's
+:class:`~gpt2kit.config.GPTConfig` and return a module. A class is such a factory, and so is what a
+recipe's ``class_path`` + ``init_args`` becomes. With the defaults this is exactly GPT-2.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+from gpt2kit.config import GPTConfig
+from gpt2kit.errors import GPT2KitError
+from gpt2kit.nn import (
+    MLP,
+    Attention,
+    Block,
+    CausalSelfAttention,
+    GeluMLP,
+    Head,
+    KVCache,
+    LayerNorm,
+    LearnedPosition,
+    Norm,
+    PositionEncoding,
+    TiedLMHead,
+    gpt2_init,
+)
+
+AttentionFactory = Callable[[GPTConfig], Attention]
+PositionFactory = Callable[[GPTConfig], PositionEncoding]
+NormFactory = Callable[[GPTConfig], Norm]
+MLPFactory = Callable[[GPTConfig], MLP]
+HeadFactory = Callable[[GPTConfig], Head]
+
+
+class GPT(nn.Module):
+    """A decoder-only transformer built from swappable parts."""
+
+    def __init__(
+        self,
+        config: GPTConfig,
+        attention: AttentionFactory = CausalSelfAttention,
+        position: PositionFactory = LearnedPosition,
+        norm: NormFactory = LayerNorm,
+        mlp: MLPFactory = GeluMLP,
+        head: HeadFactory = TiedLMHead,
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
+        self.position = position(config)
+        limit = self.position.max_positions
+        if limit is not None and limit < config.block_size:
+            raise GPT2KitError(
+                f"{type(self.position).__name__} covers {limit} positions but block_size={config.block_size}: "
+                "lower block_size or pick a position encoding without a table (e.g. RotaryPosition)"
+            )
+        self.drop = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(
+            Block(attention(config), mlp(config), norm(config), norm(config)) for _ in range(config.n_layer)
+        )
+        self.ln_f = norm(config)
+        self.head = head(config)
+        gpt2_init(self, config.n_layer)
+
+    def forward(
+        self,
+        idx: Tensor,
+        *,
+        pos: Tensor | None = None,
+        valid: Tensor | None = None,
+        cache: list[KVCache] | None = None,
+    ) -> Tensor:
+        """Outputs of the head (logits (B, T, vocab) for a language model) for token ids (B, T).
+
+        Args:
+            idx: token ids (B, T).
+            pos: absolute positions (B or 1, T); default: continue after what ``cache`` holds.
+            valid: (B, T) bool, False on padding tokens.
+            cache: one :class:`KVCache` per block (from :meth:`new_cache`) for incremental decoding.
+        """
+        B, T = idx.shape
+        if pos is None:
+            start = cache[0].length if cache else 0
+            limit = self.position.max_positions
+            if limit is not None and start + T > limit:
+                raise GPT2KitError(
+                    f"sequence reaches position {start + T} but {type(self.position).__name__} covers "
+                    f"{limit}: keep inputs within block_size={self.config.block_size} (crop the oldest tokens)"
+                )
+            pos = torch.arange(start, start + T, device=idx.device).unsqueeze(0)  # (1, T)
+        x = self.drop(self.position.embed(self.wte(idx), pos))  # (B, T, C)
+        for i, block in enumerate(self.blocks):
+            x = block(x, self.position, pos, cache[i] if cache else None, valid)
+        return self.head(self.ln_f(x), self.wte, valid)
+
+    def new_cache(
+        self, batch_size: int, max_len: int | None = None, *, dtype: torch.dtype | None = None
+    ) -> list[KVCache]:
+        """An empty KV cache per block, for up to ``max_len`` tokens (default: block_size)."""
+        ref = self.wte.weight
+        max_len = max_len or self.config.block_size
+        return [b.attn.new_cache(batch_size, max_len, ref.device, dtype or ref.dtype) for b in self.blocks]
+
+    def num_params(self, trainable_only: bool = False) -> int:
+        """Number of parameters, each shared tensor counted once (GPT-2 small: 124,439,808)."""
+        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)

@@ -1,0 +1,36 @@
+"""GPT-2's weight initialisation, applied by the model to whatever components it was built from.
+
+Linear and embedding weights are drawn from N(0, 0.02). A linear layer that writes into the residual
+stream is marked with :func:`mark_residual`; GPT-2 scales its init by 1/sqrt(2 * n_layer), since each
+block adds two such branches to the stream. The mark is an attribute of the module itself, so a
+renamed or new variant keeps it (no matching on parameter names). A component that needs something
+else defines ``init_weights(self)``, called after the defaults.
+"""
+
+from __future__ import annotations
+
+import math
+
+from torch import nn
+
+STD = 0.02
+
+
+def mark_residual(linear: nn.Linear) -> nn.Linear:
+    """Mark ``linear`` as a projection into the residual stream (scaled init)."""
+    linear.residual_projection = True
+    return linear
+
+
+def gpt2_init(model: nn.Module, n_layer: int) -> None:
+    for module in model.modules():
+        if isinstance(module, nn.Linear):
+            std = STD / math.sqrt(2 * n_layer) if getattr(module, "residual_projection", False) else STD
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=STD)
+    for module in model.modules():
+        if module is not model and hasattr(module, "init_weights"):
+            module.init_weights()

@@ -1,0 +1,257 @@
+"""Registries of swappable components, one per kind, in the manner of timm's model registry.
+
+A component is a class that subclasses its kind's base class (``Attention``, ``PositionEncoding``,
+``Tokenizer`` ...) and registers itself under a short snake_case name::
+
+    from gpt2kit.registry import register
+    from gpt2kit.nn import Attention
+
+    @register("attention", "my_attention")
+    class MyAttention(Attention): ...
+
+In YAML the class is picked by its class name (``class_path: MyAttention``) or full import path; the
+registry's own jobs are listing (``python -m gpt2kit list attention '*window*'``), the Python API
+(``build("attention", "sliding_window", config, window=256)``), readable errors and plugin loading.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import importlib
+import logging
+import os
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from importlib import metadata
+from typing import Any, TypeVar
+
+from gpt2kit.errors import GPT2KitError
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T", bound=type)
+
+PLUGIN_GROUP = "gpt2kit.plugins"
+PLUGIN_ENV = "GPT2KIT_PLUGINS"
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One registered component."""
+
+    kind: str
+    name: str
+    cls: type
+    source: str
+    """Where it came from: ``built-in`` or the plugin (distribution or module) that registered it."""
+
+    @property
+    def class_path(self) -> str:
+        return f"{self.cls.__module__}.{self.cls.__qualname__}"
+
+    @property
+    def summary(self) -> str:
+        doc = (self.cls.__doc__ or "").strip().splitlines()
+        return doc[0] if doc else ""
+
+
+def _natural_key(name: str) -> list[Any]:
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name.lower())]
+
+
+class Registry:
+    """The components of one kind, by name. Names are unique; classes must subclass ``base``."""
+
+    def __init__(self, kind: str, base: type) -> None:
+        self.kind = kind
+        self.base = base
+        self._entries: dict[str, Entry] = {}
+
+    def register(self, name: str | None = None) -> Callable[[T], T]:
+        """Class decorator: register the class under ``name`` (default: its class name)."""
+
+        def deco(cls: T) -> T:
+            self.add(cls, name)
+            return cls
+
+        return deco
+
+    def add(self, cls: type, name: str | None = None) -> Entry:
+        name = name or cls.__name__
+        if not (isinstance(cls, type) and issubclass(cls, self.base)):
+            raise GPT2KitError(
+                f"cannot register {cls!r} as {self.kind} '{name}': it must subclass "
+                f"{self.base.__module__}.{self.base.__qualname__}"
+            )
+        entry = Entry(self.kind, name, cls, _current_source)
+        old = self._entries.get(name)
+        if old is not None and old.class_path != entry.class_path:
+            raise GPT2KitError(
+                f"{self.kind} '{name}' is registered twice: by {old.class_path} ({old.source}) and by "
+                f"{entry.class_path} ({entry.source}); rename one of them"
+            )
+        clash = [e for e in self._entries.values() if e.cls.__name__ == cls.__name__ and e.name != name]
+        if clash and clash[0].class_path != entry.class_path:
+            log.warning(
+                "%s classes %s and %s share the class name %s: select them in YAML by full class_path",
+                self.kind,
+                clash[0].class_path,
+                entry.class_path,
+                cls.__name__,
+            )
+        self._entries[name] = entry
+        return entry
+
+    def entry(self, name: str) -> Entry:
+        if name in self._entries:
+            return self._entries[name]
+        for e in self._entries.values():  # class names and full paths work too, as in YAML
+            if name in (e.cls.__name__, e.class_path):
+                return e
+        candidates = sorted(self._entries) + sorted(e.cls.__name__ for e in self._entries.values())
+        close = difflib.get_close_matches(name, candidates, n=3, cutoff=0.5)
+        hint = f"did you mean {', '.join(close)}? " if close else ""
+        raise GPT2KitError(
+            f"unknown {self.kind} '{name}': {hint}registered: {', '.join(self.names())} "
+            f"(see `python -m gpt2kit list {self.kind}`)"
+        )
+
+    def get(self, name: str) -> type:
+        return self.entry(name).cls
+
+    def build(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        return self.get(name)(*args, **kwargs)
+
+    def names(self, pattern: str = "*") -> list[str]:
+        """Registered names matching a shell-style wildcard, in natural sort order."""
+        return sorted((n for n in self._entries if fnmatch.fnmatchcase(n, pattern)), key=_natural_key)
+
+    def entries(self, pattern: str = "*") -> list[Entry]:
+        return [self._entries[n] for n in self.names(pattern)]
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._entries
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+_REGISTRIES: dict[str, Registry] = {}
+_current_source = "built-in"
+
+
+def add_kind(kind: str, base: type) -> Registry:
+    """Open a registry for a new kind of component (e.g. ``freeze`` or ``chat_template``)."""
+    if kind in _REGISTRIES and _REGISTRIES[kind].base is not base:
+        raise GPT2KitError(f"component kind '{kind}' already exists with base {_REGISTRIES[kind].base}")
+    return _REGISTRIES.setdefault(kind, Registry(kind, base))
+
+
+def registry(kind: str) -> Registry:
+    _load_builtins()
+    if kind not in _REGISTRIES:
+        close = difflib.get_close_matches(kind, list(_REGISTRIES), n=3)
+        hint = f"did you mean {', '.join(close)}? " if close else ""
+        raise GPT2KitError(f"unknown component kind '{kind}': {hint}kinds: {', '.join(kinds())}")
+    return _REGISTRIES[kind]
+
+
+_KIND_ORDER = ["tokenizer", "attention", "position", "norm", "mlp", "head"]
+
+
+def kinds() -> list[str]:
+    _load_builtins()
+    order = {k: i for i, k in enumerate(_KIND_ORDER)}
+    return sorted(_REGISTRIES, key=lambda k: order.get(k, len(order)))
+
+
+def register(kind: str, name: str | None = None) -> Callable[[T], T]:
+    """``@register("attention", "sliding_window")``: register a class under a kind."""
+
+    def deco(cls: T) -> T:
+        registry(kind).add(cls, name)
+        return cls
+
+    return deco
+
+
+def get(kind: str, name: str) -> type:
+    return registry(kind).get(name)
+
+
+def build(kind: str, name: str, *args: Any, **kwargs: Any) -> Any:
+    """Instantiate a registered component: ``build("attention", "causal", config)``."""
+    return registry(kind).build(name, *args, **kwargs)
+
+
+def list_components(kind: str | None = None, pattern: str = "*") -> dict[str, list[Entry]]:
+    kinds_ = [kind] if kind else kinds()
+    return {k: registry(k).entries(pattern) for k in kinds_}
+
+
+_builtins_loaded = False
+
+
+def _load_builtins() -> None:
+    # The built-in components register themselves on import; importing gpt2kit.components does it.
+    global _builtins_loaded
+    if not _builtins_loaded:
+        _builtins_loaded = True
+        importlib.import_module("gpt2kit.components")
+
+
+# --- plugins ----------------------------------------------------------------------------------------
+
+_loaded_plugins: dict[str, str] = {}
+
+
+def _import_as(module: str, source: str) -> None:
+    global _current_source
+    previous, _current_source = _current_source, source
+    try:
+        importlib.import_module(module)
+    finally:
+        _current_source = previous
+
+
+def load_plugins(modules: Iterable[str] = (), *, entry_points: bool = True) -> dict[str, str]:
+    """Import plugins so that their components register before the CLI parses a config.
+
+    Loads (1) every ``gpt2kit.plugins`` entry point of the installed distributions (a failure is a
+    warning naming the plugin), then (2) the modules named in ``modules`` and in the comma-separated
+    ``GPT2KIT_PLUGINS`` environment variable (a failure is an error, since they were asked for).
+    Returns ``{module: source}`` of what is loaded.
+    """
+    _load_builtins()
+    if entry_points:
+        for ep in metadata.entry_points(group=PLUGIN_GROUP):
+            if ep.value in _loaded_plugins:
+                continue
+            dist = ep.dist.name if ep.dist is not None else ep.name
+            source = f"plugin {ep.name} ({dist})"
+            try:
+                _import_as(ep.module, source)
+            except GPT2KitError:
+                raise
+            except Exception as exc:  # a broken third-party package must not stop gpt2kit
+                log.warning(
+                    "gpt2kit plugin '%s' from %s failed to import and is skipped: %s", ep.name, dist, exc
+                )
+                continue
+            _loaded_plugins[ep.value] = source
+    env = [m.strip() for m in os.environ.get(PLUGIN_ENV, "").split(",") if m.strip()]
+    for module in [*modules, *env]:
+        if module in _loaded_plugins:
+            continue
+        try:
+            _import_as(module, f"plugin module {module}")
+        except ModuleNotFoundError as exc:
+            if exc.name and module.startswith(exc.name):
+                raise GPT2KitError(
+                    f"plugin module '{module}' was not found: install it, or put its folder on PYTHONPATH"
+                ) from exc
+            raise
+        _loaded_plugins[module] = f"plugin module {module}"
+    return dict(_loaded_plugins)

@@ -1,0 +1,6 @@
+"""Tokenizers, each registered under a short name and saved with data and checkpoints."""
+
+from gpt2kit.tokenizers.base import EOT, TOKENIZER, Tokenizer
+from gpt2kit.tokenizers.char import CharTokenizer
+
+__all__ = ["EOT", "TOKENIZER", "CharTokenizer", "Tokenizer"]
