@@ -141,6 +141,9 @@ class GPTLitModule(L.LightningModule):
         if self.trainer.lr_scheduler_configs:
             self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"])
 
+    def on_validation_epoch_start(self) -> None:
+        self.val_loss.reset()  # fresh states in this loop's grad mode (validate() runs in inference mode)
+
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         loss, n = self.loss(batch)
         self.val_loss.update(loss, weight=n)
@@ -155,6 +158,9 @@ class GPTLitModule(L.LightningModule):
 
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self.validation_step(batch, batch_idx)
+
+    def on_test_epoch_start(self) -> None:
+        self.on_validation_epoch_start()
 
     def on_test_epoch_end(self) -> None:
         self.on_validation_epoch_end()

@@ -1,0 +1,38 @@
+"""Developer sessions: `nox -s tests`, `nox -s lint`, `nox -s bench`, `nox -s recipes`.
+
+Virtualenvs see the system site-packages, so an installed torch (CPU or CUDA build) is reused
+rather than downloaded again.
+"""
+
+import nox
+
+nox.options.sessions = ["lint", "tests"]
+VENV = {"venv_params": ["--system-site-packages"]}
+
+
+@nox.session(**VENV)
+def tests(session: nox.Session) -> None:
+    session.install("-e", ".[dev,hf]")
+    session.run("pytest", "-q", *session.posargs)
+
+
+@nox.session(**VENV)
+def lint(session: nox.Session) -> None:
+    session.install("ruff")
+    session.run("ruff", "check", "gpt2kit", "tests", "benchmarks", "plugins")
+    session.run("ruff", "format", "--check", "gpt2kit", "tests", "benchmarks", "plugins")
+
+
+@nox.session(**VENV)
+def bench(session: nox.Session) -> None:
+    """Throughput and quality benchmarks (minutes; not part of the test suite)."""
+    session.install("-e", ".[dev,hf,plot]")
+    for script in sorted(__import__("pathlib").Path("benchmarks").glob("bench_*.py")):
+        session.run("python", str(script), *session.posargs)
+
+
+@nox.session(**VENV)
+def recipes(session: nox.Session) -> None:
+    """Every recipe parses and runs a few steps (the same check as tests/, recipes only)."""
+    session.install("-e", ".[dev]")
+    session.run("pytest", "-q", "-k", "recipe", *session.posargs)

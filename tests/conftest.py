@@ -1,0 +1,34 @@
+"""Shared fixtures: real data through GPT2KIT_DATA, a private cache, tiny model settings."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+RECIPES = REPO / "recipes"
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+# Dotted overrides that shrink any pretraining recipe to a few fast steps.
+TINY = [
+    "--model.arch.n_layer=2",
+    "--model.arch.n_head=2",
+    "--model.arch.n_embd=32",
+    "--model.arch.block_size=32",
+    "--trainer.max_steps=3",
+    "--trainer.log_every_n_steps=1",
+    "--trainer.val_check_interval=3",
+    "--trainer.limit_val_batches=2",
+    "--trainer.enable_progress_bar=false",
+    "--trainer.enable_model_summary=false",
+]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def data_env(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Point GPT2KIT_DATA at the shared corpora (unless set) and give the session its own cache."""
+    if not os.environ.get("GPT2KIT_DATA") and SHARED_DATA.is_dir():
+        os.environ["GPT2KIT_DATA"] = str(SHARED_DATA)
+    os.environ["GPT2KIT_CACHE"] = str(tmp_path_factory.mktemp("gpt2kit-cache"))
