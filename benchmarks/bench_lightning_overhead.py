@@ -85,7 +85,7 @@ def main() -> None:
         plain.append(plain_tokens_per_sec(args.steps))
         lit.append(lightning_tokens_per_sec(args.steps))
     p, q = statistics.median(plain), statistics.median(lit)
-    print("| loop | tokens/s (median of %d) | runs |\n|---|---|---|" % args.repeats)
+    print(f"| loop | tokens/s (median of {args.repeats}) | runs |\n|---|---|---|")
     print(f"| plain PyTorch | {p:,.0f} | {', '.join(f'{v:,.0f}' for v in plain)} |")
     print(f"| gpt2kit (Lightning) | {q:,.0f} | {', '.join(f'{v:,.0f}' for v in lit)} |")
     overhead = 1 - q / p

@@ -33,7 +33,8 @@ def run(seed: int, max_steps: int) -> tuple[float, float]:
             cwd=tmp, check=True, capture_output=True,
         )  # fmt: skip
         wall = time.perf_counter() - start
-        rows = list(csv.DictReader(open(next(Path(tmp).rglob("metrics.csv")))))
+        with open(next(Path(tmp).rglob("metrics.csv"))) as f:
+            rows = list(csv.DictReader(f))
         val = [float(r["val_loss"]) for r in rows if r.get("val_loss")]
         return val[-1], wall
 
