@@ -63,6 +63,8 @@ class GPT(nn.Module):
         self.blocks = nn.ModuleList(
             Block(attention(config), mlp(config), norm(config), norm(config)) for _ in range(config.n_layer)
         )
+        for block in self.blocks:  # e.g. ALiBi's bias needs an attention that can add one
+            block.attn.check_position(self.position)
         self.ln_f = norm(config)
         self.head = head(config)
         gpt2_init(self, config.n_layer)

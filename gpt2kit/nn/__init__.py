@@ -1,27 +1,56 @@
-"""Building blocks: one base class per kind of component, plus the built-in variants."""
+"""Building blocks: one base class per kind of component, plus the built-in variants.
 
-from gpt2kit.nn.attention import Attention, CausalSelfAttention, KVCache
+Every class listed here can be named by its short class name in a recipe (``attention:
+SlidingWindowAttention``); ``python -m gpt2kit list`` shows them with their registry names.
+"""
+
+from gpt2kit.nn.attention import (
+    Attention,
+    CausalSelfAttention,
+    GroupedQueryAttention,
+    KVCache,
+    MathAttention,
+    SlidingWindowAttention,
+)
 from gpt2kit.nn.block import Block
-from gpt2kit.nn.heads import Head, TiedLMHead
+from gpt2kit.nn.heads import Head, SequenceClassificationHead, TiedLMHead, UntiedLMHead
 from gpt2kit.nn.init import gpt2_init, mark_residual
-from gpt2kit.nn.mlp import MLP, GeluMLP
-from gpt2kit.nn.norm import LayerNorm, Norm
-from gpt2kit.nn.position import LearnedPosition, NoPosition, PositionEncoding
+from gpt2kit.nn.mlp import MLP, GeluMLP, ReluMLP, SwiGLUMLP
+from gpt2kit.nn.norm import LayerNorm, Norm, RMSNorm
+from gpt2kit.nn.position import (
+    ALiBiPosition,
+    LearnedPosition,
+    NoPosition,
+    PositionEncoding,
+    RotaryPosition,
+    SinusoidalPosition,
+)
 
 __all__ = [
+    "ALiBiPosition",
     "Attention",
     "Block",
     "CausalSelfAttention",
     "GeluMLP",
+    "GroupedQueryAttention",
     "Head",
     "KVCache",
     "LayerNorm",
     "LearnedPosition",
     "MLP",
+    "MathAttention",
     "NoPosition",
     "Norm",
     "PositionEncoding",
+    "RMSNorm",
+    "ReluMLP",
+    "RotaryPosition",
+    "SequenceClassificationHead",
+    "SinusoidalPosition",
+    "SlidingWindowAttention",
+    "SwiGLUMLP",
     "TiedLMHead",
+    "UntiedLMHead",
     "gpt2_init",
     "mark_residual",
 ]

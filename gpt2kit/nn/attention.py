@@ -12,10 +12,13 @@ Every attention variant keeps one contract, ``forward(x, position, pos, cache=No
 Decoding T tokens one at a time through the cache gives the same outputs as one forward pass over
 all T (the tests check this for every attention x position combination). A variant overrides one
 piece: ``project`` (how q, k, v are made), ``mask`` (which keys a query sees) or ``attend`` (the
-kernel).
+kernel). One that cannot add an attention bias sets ``supports_bias = False``, and the model then
+refuses a position encoding that produces one (ALiBi) when it is built.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +29,11 @@ from gpt2kit.errors import GPT2KitError
 from gpt2kit.nn.init import mark_residual
 from gpt2kit.nn.position import PositionEncoding
 from gpt2kit.registry import add_kind
+
+
+def causal_mask(Tq: int, Tk: int, device: torch.device) -> Tensor:
+    """Bool (Tq, Tk): the Tq queries are the last Tq of the Tk keys, each seeing itself and earlier ones."""
+    return torch.ones(Tq, Tk, dtype=torch.bool, device=device).tril(Tk - Tq)
 
 
 class KVCache:
@@ -73,10 +81,20 @@ class Attention(nn.Module):
     causal_fast_path: bool = True
     """Whether an unpadded, uncached forward may use the kernel's built-in causal mask."""
 
+    supports_bias: bool = True
+    """Whether ``attend`` adds the position encoding's additive bias (needed by ALiBi)."""
+
     def __init__(self, config: GPTConfig, n_kv_head: int | None = None) -> None:
         super().__init__()
+        n_kv_head = config.n_head if n_kv_head is None else n_kv_head
+        if n_kv_head <= 0 or config.n_head % n_kv_head:
+            divisors = [d for d in range(1, config.n_head + 1) if config.n_head % d == 0]
+            raise GPT2KitError(
+                f"{type(self).__name__}: n_kv_head={n_kv_head} must divide n_head={config.n_head}: "
+                f"choose one of {divisors}"
+            )
         self.n_head = config.n_head
-        self.n_kv_head = n_kv_head or config.n_head
+        self.n_kv_head = n_kv_head
         self.head_dim = config.head_dim
         self.n_embd = config.n_embd
         self.dropout = config.dropout
@@ -103,11 +121,12 @@ class Attention(nn.Module):
     def attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, bias: Tensor | None) -> Tensor:
         """softmax(q kᵀ / √hs + bias, masked) v, shape (B, nh, Tq, hs). ``mask=None``: plain causal."""
         p = self.dropout if self.training else 0.0
-        if mask is None and bias is None:
+        if mask is None and bias is None and q.size(2) == k.size(2):
             return F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
+        if mask is None:  # (torch's is_causal aligns a shorter query block to the first keys, not the last)
+            mask = causal_mask(q.size(2), k.size(2), q.device)
         if bias is not None:
-            bias = bias.to(q.dtype)
-            mask = bias if mask is None else bias.masked_fill(~mask, float("-inf"))
+            mask = bias.to(q.dtype).masked_fill(~mask, float("-inf"))  # (B|1, nh, Tq, Tk) additive
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
 
     def forward(
@@ -141,6 +160,15 @@ class Attention(nn.Module):
     def new_cache(self, batch_size: int, max_len: int, device: torch.device, dtype: torch.dtype) -> KVCache:
         return KVCache(batch_size, self.n_kv_head, max_len, self.head_dim, device=device, dtype=dtype)
 
+    def check_position(self, position: PositionEncoding) -> None:
+        """Refuse a position encoding this attention cannot apply (called when the model is built)."""
+        if position.produces_bias and not self.supports_bias:
+            raise GPT2KitError(
+                f"{type(position).__name__} adds an attention bias but {type(self).__name__} cannot take one "
+                "(supports_bias=False): pick an attention that can (e.g. CausalSelfAttention) or a position "
+                "encoding without a bias (e.g. RotaryPosition)"
+            )
+
 
 ATTENTION = add_kind("attention", Attention)
 
@@ -151,3 +179,68 @@ class CausalSelfAttention(Attention):
 
     def __init__(self, config: GPTConfig) -> None:
         super().__init__(config)
+
+
+@ATTENTION.register("math")
+class MathAttention(Attention):
+    """Reference attention written out: softmax(q kᵀ / √hs + bias, masked) v. Slow; for tests and teaching."""
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__(config)
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, bias: Tensor | None) -> Tensor:
+        att = (q @ k.transpose(-2, -1)) / math.sqrt(q.size(-1))  # (B, nh, Tq, Tk)
+        if bias is not None:
+            att = att + bias.to(att.dtype)
+        if mask is None:
+            mask = causal_mask(q.size(2), k.size(2), q.device)
+        att = att.masked_fill(~mask, float("-inf")).softmax(dim=-1)
+        att = F.dropout(att, self.dropout, self.training)
+        return att @ v  # (B, nh, Tq, hs)
+
+
+@ATTENTION.register("sliding_window")
+class SlidingWindowAttention(Attention):
+    """Local causal attention: each token sees itself and the window - 1 tokens before it.
+
+    The window is a mask on absolute positions, so it holds with a KV cache too (the cache still keeps
+    every token; only the last ``window`` are attended to).
+    """
+
+    causal_fast_path = False  # the band needs an explicit mask
+
+    def __init__(self, config: GPTConfig, window: int = 512) -> None:
+        """
+        Args:
+            window: tokens each query attends to, itself included; window >= block_size is full attention.
+        """
+        super().__init__(config)
+        if window <= 0:
+            raise GPT2KitError(f"SlidingWindowAttention window={window} must be a positive number of tokens")
+        self.window = window
+
+    def mask(self, q_pos: Tensor, k_pos: Tensor, k_valid: Tensor) -> Tensor:
+        near = q_pos[:, :, None] - k_pos[:, None, :] < self.window  # (B, Tq, Tk) fewer than w back
+        return super().mask(q_pos, k_pos, k_valid) & near.unsqueeze(1)  # (B, 1, Tq, Tk)
+
+    def extra_repr(self) -> str:
+        return f"window={self.window}"
+
+
+@ATTENTION.register("grouped_query")
+class GroupedQueryAttention(Attention):
+    """Grouped-query attention (Ainslie et al., 2023): n_head query heads share n_kv_head key/value heads.
+
+    ``n_kv_head == 1`` is multi-query attention; ``n_kv_head == n_head`` is ordinary multi-head
+    attention. The KV cache holds only the n_kv_head heads, n_head / n_kv_head times smaller.
+    """
+
+    def __init__(self, config: GPTConfig, n_kv_head: int) -> None:
+        """
+        Args:
+            n_kv_head: key/value heads; must divide n_head (1: multi-query attention).
+        """
+        super().__init__(config, n_kv_head)
+
+    def extra_repr(self) -> str:
+        return f"n_head={self.n_head}, n_kv_head={self.n_kv_head}"

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gpt2kit.config import GPTConfig
+from gpt2kit.errors import GPT2KitError
 from gpt2kit.registry import add_kind
 
 
@@ -31,3 +33,43 @@ class TiedLMHead(Head):
 
     def forward(self, h: Tensor, wte: nn.Embedding, valid: Tensor | None = None) -> Tensor:
         return F.linear(h, wte.weight)  # (B, T, vocab)
+
+
+@HEAD.register("untied_lm")
+class UntiedLMHead(Head):
+    """Language-model head with its own weight (vocab_size × n_embd more parameters than tied)."""
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__(config)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+
+    def forward(self, h: Tensor, wte: nn.Embedding, valid: Tensor | None = None) -> Tensor:
+        return self.lm_head(h)  # (B, T, vocab)
+
+
+@HEAD.register("sequence_classification")
+class SequenceClassificationHead(Head):
+    """Classifies each sequence from the hidden state of its last non-padding token (like GPT-2 in HF).
+
+    Returns logits (B, num_classes). With ``valid`` (B, T) the last True position of each row is
+    pooled, so right, left or no padding all work; without it, the last position.
+    """
+
+    def __init__(self, config: GPTConfig, num_classes: int) -> None:
+        """
+        Args:
+            num_classes: number of classes to predict.
+        """
+        super().__init__(config)
+        if num_classes < 1:
+            raise GPT2KitError(f"SequenceClassificationHead num_classes={num_classes} must be at least 1")
+        self.score = nn.Linear(config.n_embd, num_classes, bias=False)
+
+    def forward(self, h: Tensor, wte: nn.Embedding, valid: Tensor | None = None) -> Tensor:
+        B, T, _ = h.shape
+        if valid is None:
+            last = torch.full((B,), T - 1, device=h.device)
+        else:  # the index of each row's last True: argmax of position · valid (0 for an all-padding row)
+            last = (torch.arange(T, device=h.device) * valid).argmax(dim=-1)  # (B,)
+        pooled = h[torch.arange(B, device=h.device), last]  # (B, C)
+        return self.score(pooled)  # (B, num_classes)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
+
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gpt2kit.config import GPTConfig
+from gpt2kit.errors import GPT2KitError
 from gpt2kit.nn.init import mark_residual
 from gpt2kit.registry import add_kind
 
@@ -37,3 +40,58 @@ class GeluMLP(MLP):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))
+
+
+@MLP_KIND.register("relu")
+class ReluMLP(MLP):
+    """Linear(C, 4C) → ReLU → Linear(4C, C): the original Transformer's feed-forward layer."""
+
+    def __init__(self, config: GPTConfig, expansion: int = 4) -> None:
+        """
+        Args:
+            expansion: hidden width as a multiple of n_embd.
+        """
+        super().__init__(config)
+        hidden = expansion * config.n_embd
+        self.c_fc = nn.Linear(config.n_embd, hidden, bias=config.bias)
+        self.c_proj = mark_residual(nn.Linear(hidden, config.n_embd, bias=config.bias))
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.dropout(self.c_proj(F.relu(self.c_fc(x))))
+
+
+def swiglu_hidden(n_embd: int, multiple_of: int = 64) -> int:
+    """SwiGLU's customary hidden width: 8/3 · n_embd (as many parameters as a 4·C GELU MLP, since it
+    has three matrices instead of two), rounded up to a multiple of ``multiple_of`` for fast matmuls.
+    E.g. 768 → 2048, 64 → 192, 32 → 128."""
+    return multiple_of * math.ceil(8 * n_embd / (3 * multiple_of))
+
+
+@MLP_KIND.register("swiglu")
+class SwiGLUMLP(MLP):
+    """SwiGLU (Shazeer, 2020; Llama): Linear(H, C)(silu(x W_gate) ⊙ x W_up), H ≈ 8/3 · C.
+
+    The gate and up projections are one fused Linear(C, 2H); see :func:`swiglu_hidden` for H.
+    """
+
+    def __init__(self, config: GPTConfig, hidden: int | None = None, multiple_of: int = 64) -> None:
+        """
+        Args:
+            hidden: hidden width H; None: 8/3 · n_embd rounded up to a multiple of ``multiple_of``.
+            multiple_of: rounding of the default hidden width (Llama uses 256 at scale).
+        """
+        super().__init__(config)
+        if multiple_of <= 0 or (hidden is not None and hidden <= 0):
+            raise GPT2KitError(
+                f"SwiGLUMLP needs positive sizes, got hidden={hidden}, multiple_of={multiple_of}: "
+                "leave hidden unset for 8/3 · n_embd"
+            )
+        self.hidden = hidden or swiglu_hidden(config.n_embd, multiple_of)
+        self.c_fc = nn.Linear(config.n_embd, 2 * self.hidden, bias=config.bias)  # gate and up, fused
+        self.c_proj = mark_residual(nn.Linear(self.hidden, config.n_embd, bias=config.bias))
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        gate, up = self.c_fc(x).chunk(2, dim=-1)  # (B, T, H) each
+        return self.dropout(self.c_proj(F.silu(gate) * up))

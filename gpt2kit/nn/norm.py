@@ -37,3 +37,20 @@ class LayerNorm(Norm):
 
     def forward(self, x: Tensor) -> Tensor:
         return F.layer_norm(x, self.weight.shape, self.weight, self.bias, self.eps)
+
+
+@NORM.register("rmsnorm")
+class RMSNorm(Norm):
+    """RMSNorm (Zhang & Sennrich, 2019): x / rms(x) · weight, no mean subtraction and no bias."""
+
+    def __init__(self, config: GPTConfig, eps: float = 1e-5) -> None:
+        """
+        Args:
+            eps: added to the mean square for numerical stability.
+        """
+        super().__init__(config)
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(config.n_embd))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
