@@ -9,8 +9,8 @@ How text becomes ids, in three steps:
 3. the learned merges are applied inside each word, by the ``tokenizers`` library's BPE model.
 
 Words repeat (Heaps' law), so step 3 runs once per distinct word and its ids are cached; this is what
-makes preparation fast. The vocabulary is plain data (``vocab`` token → id and ``merges``, GPT-2's
-``vocab.bpe`` lines), saved with the prepared data and inside checkpoints.
+makes preparation fast. The vocabulary is plain data (``tokens``, id → token, and ``merges``, in
+GPT-2's ``vocab.bpe`` format), saved with the prepared data and inside checkpoints.
 """
 
 from __future__ import annotations
