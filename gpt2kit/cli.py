@@ -1,6 +1,7 @@
 """``python -m gpt2kit``: LightningCLI (fit / validate / test / predict) plus gpt2kit's own commands.
 
     python -m gpt2kit fit --config recipes/pretrain/shakespeare-char.yaml
+    python -m gpt2kit prepare --config recipes/pretrain/gutenberg-gpt2.yaml   # the data alone
     python -m gpt2kit generate --ckpt runs/shakespeare-char/.../last.ckpt --prompt "ROMEO:"
     python -m gpt2kit list [KIND] [PATTERN]
 
@@ -39,15 +40,20 @@ def _readable(message: str) -> str:
     return "; ".join(dict.fromkeys(lines)).replace(":; ", ": ")
 
 
+def _user_error(exc: BaseException | None) -> GPT2KitError | None:
+    """The GPT2KitError behind ``exc``, if any (jsonargparse wraps errors raised while instantiating)."""
+    while exc is not None and not isinstance(exc, GPT2KitError):
+        exc = exc.__cause__ or exc.__context__
+    return exc
+
+
 class GPT2KitArgumentParser(LightningArgumentParser):
     """LightningCLI's parser with errors on one line (plus a pointer to --help)."""
 
     def error(self, message: str, ex: Exception | None = None) -> NoReturn:
         if not self.exit_on_error:
             super().error(message, ex)
-        cause = ex
-        while cause is not None and not isinstance(cause, GPT2KitError):
-            cause = cause.__cause__ or cause.__context__
+        cause = _user_error(ex)
         text = str(cause) if cause is not None else _readable(message)
         sys.stderr.write(
             f"error: {text}\n(run `python -m gpt2kit {' '.join(sys.argv[1:2])} --help` for the options)\n"
@@ -141,7 +147,7 @@ def generate_command(
             f"checkpoint {ckpt} carries no tokenizer: it was not saved by a gpt2kit training run"
         )
     if prompt:
-        ids = tok.encode(prompt)
+        ids = tok.encode(prompt, allowed_special="all")  # a prompt may hold special tokens on purpose
     elif tok.eot_id is not None:
         ids = [tok.eot_id]
     else:
@@ -160,6 +166,39 @@ def generate_command(
         sys.stdout.write("\n")
 
 
+def prepare_command(args: Sequence[str]) -> None:
+    """Prepare a recipe's data (tokenizer training, token shards) without training, with a progress bar.
+
+    Only the recipe's ``data:`` section is read; its other sections are accepted and ignored, and
+    ``--data.*`` overrides work as for ``fit``.
+    """
+    import argparse
+
+    from jsonargparse import ActionConfigFile
+    from lightning import LightningDataModule
+
+    from gpt2kit.data import TextDataModule
+
+    parser = GPT2KitArgumentParser(prog="python -m gpt2kit prepare", description=prepare_command.__doc__)
+    parser.add_argument("-c", "--config", action=ActionConfigFile, help="a recipe; its data: section is used")
+    parser.add_lightning_class_args(LightningDataModule, "data", subclass_mode=True, required=True)
+    for section in ("seed_everything", "trainer", "model", "ckpt_path", "optimizer", "lr_scheduler"):
+        parser.add_argument(f"--{section}", type=Any, default=None, help=argparse.SUPPRESS)
+    cfg = parser.parse_args(list(args))
+    instantiate = getattr(parser, "instantiate", None) or parser.instantiate_classes
+    data = instantiate(cfg).data
+    if not isinstance(data, TextDataModule):
+        data.prepare_data()
+        return
+    prepared = data.prepared(progress=True)
+    meta = prepared.meta
+    print(
+        f"{prepared.path}: {meta['train_tokens']:,} train + {meta['val_tokens']:,} val tokens "
+        f"({meta['tokenizer']}, vocab {meta['vocab_size']:,}, "
+        f"{meta['val_bytes'] / meta['val_tokens']:.2f} bytes per token, split: {meta['split']})"
+    )
+
+
 def _run_function(fn: Callable[..., None], args: Sequence[str], prog: str) -> None:
     parser = ArgumentParser(prog=f"python -m gpt2kit {prog}", description=(fn.__doc__ or "").split("\n")[0])
     parser.add_function_arguments(fn, as_group=False)
@@ -167,7 +206,11 @@ def _run_function(fn: Callable[..., None], args: Sequence[str], prog: str) -> No
     fn(**{k: v for k, v in cfg.as_dict().items() if not k.startswith("__")})
 
 
-COMMANDS: dict[str, Callable[..., None]] = {"list": list_command, "generate": generate_command}
+COMMANDS: dict[str, Callable[..., None]] = {
+    "list": list_command,
+    "generate": generate_command,
+    "prepare": prepare_command,
+}
 
 
 def _pop_plugins(argv: list[str]) -> list[str]:
@@ -190,11 +233,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         if argv and argv[0] in COMMANDS:
             if argv[0] == "list":
                 list_command(*argv[1:3])
+            elif argv[0] == "prepare":
+                prepare_command(argv[1:])
             else:
                 _run_function(COMMANDS[argv[0]], argv[1:], argv[0])
         else:
             sys.argv = [sys.argv[0], *argv]
             lightning_main()
-    except GPT2KitError as exc:
-        sys.stderr.write(f"error: {exc}\n")
+    except Exception as exc:
+        if (cause := _user_error(exc)) is None:
+            raise
+        sys.stderr.write(f"error: {cause}\n")
         sys.exit(1)

@@ -113,6 +113,7 @@ class GPTLitModule(L.LightningModule):
         self.optim = optim
         self.model = GPT(arch, attention, position, norm, mlp, head)
         self.tokenizer: Tokenizer | None = None
+        self.val_bytes_per_token: float | None = None  # from the data, for bits per byte
         self.val_loss = MeanMetric()
         self._last_step_time: float | None = None
 
@@ -154,6 +155,10 @@ class GPTLitModule(L.LightningModule):
         prefix = "test" if self.trainer.testing else "val"
         self.log(f"{prefix}_loss", loss, prog_bar=True)
         self.log(f"{prefix}_ppl", torch.exp(loss))
+        if (
+            self.val_bytes_per_token
+        ):  # bits per byte = nats/token ÷ ln 2 ÷ bytes/token: fair across tokenizers
+            self.log(f"{prefix}_bpb", loss / math.log(2) / self.val_bytes_per_token)
         self._last_step_time = None  # the time spent validating is not training throughput
 
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
@@ -199,14 +204,11 @@ class GPTLitModule(L.LightningModule):
     # -- tokenizer travels with the checkpoint ----------------------------------------------------------
     def setup(self, stage: str) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
+        self.val_bytes_per_token = getattr(datamodule, "val_bytes_per_token", None)
         data_tok = getattr(datamodule, "tokenizer", None)
         if data_tok is None:
             return
-        if self.tokenizer is not None and self.tokenizer != data_tok:
-            raise GPT2KitError(
-                f"the model's tokenizer ({self.tokenizer!r}, {self.tokenizer.fingerprint()}) differs from the "
-                f"data's ({data_tok!r}, {data_tok.fingerprint()}): prepare the data with the checkpoint's tokenizer"
-            )
+        _check_same_tokenizer(self.tokenizer, data_tok)
         if data_tok.vocab_size > self.model.config.vocab_size:
             raise GPT2KitError(
                 f"the data's tokenizer has {data_tok.vocab_size} tokens but the model's vocab_size is "
@@ -224,3 +226,15 @@ class GPTLitModule(L.LightningModule):
         saved = checkpoint.get("gpt2kit", {}).get("tokenizer")
         if saved is not None:
             self.tokenizer = Tokenizer.from_dict(saved)
+            # Resuming or validating with --ckpt_path: setup() ran before the checkpoint was read.
+            datamodule = getattr(getattr(self, "_trainer", None), "datamodule", None)
+            _check_same_tokenizer(self.tokenizer, getattr(datamodule, "tokenizer", None))
+
+
+def _check_same_tokenizer(model_tok: Tokenizer | None, data_tok: Tokenizer | None) -> None:
+    """The same ids must mean the same text to the model (its checkpoint) and to the prepared data."""
+    if model_tok is not None and data_tok is not None and model_tok != data_tok:
+        raise GPT2KitError(
+            f"the model's tokenizer ({model_tok!r}, {model_tok.fingerprint()}) differs from the "
+            f"data's ({data_tok!r}, {data_tok.fingerprint()}): prepare the data with the checkpoint's tokenizer"
+        )

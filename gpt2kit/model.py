@@ -7,6 +7,7 @@ recipe's ``class_path`` + ``init_args`` becomes. With the defaults this is exact
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 import torch
@@ -29,6 +30,7 @@ from gpt2kit.nn import (
     TiedLMHead,
     gpt2_init,
 )
+from gpt2kit.nn.init import STD
 
 AttentionFactory = Callable[[GPTConfig], Attention]
 PositionFactory = Callable[[GPTConfig], PositionEncoding]
@@ -99,6 +101,27 @@ class GPT(nn.Module):
         for i, block in enumerate(self.blocks):
             x = block(x, self.position, pos, cache[i] if cache else None, valid)
         return self.head(self.ln_f(x), self.wte, valid)
+
+    def resize_token_embeddings(self, vocab_size: int) -> None:
+        """Grow the vocabulary to ``vocab_size`` (e.g. after adding special tokens to the tokenizer).
+
+        Existing rows are kept; new rows are drawn from N(0, 0.02) as GPT-2 initialises embeddings. A
+        tied head reads ``wte`` and so stays tied; a head with its own weight resizes itself.
+        """
+        old = self.wte.weight
+        if vocab_size < old.size(0):
+            raise GPT2KitError(
+                f"resize_token_embeddings({vocab_size}) would drop trained rows of the {old.size(0)}-token "
+                "embedding: only growing is supported"
+            )
+        wte = nn.Embedding(vocab_size, old.size(1), device=old.device, dtype=old.dtype)
+        with torch.no_grad():
+            nn.init.normal_(wte.weight, mean=0.0, std=STD)
+            wte.weight[: old.size(0)] = old
+        wte.weight.requires_grad_(old.requires_grad)
+        self.wte = wte
+        self.head.resize_vocab(vocab_size)
+        self.config = dataclasses.replace(self.config, vocab_size=vocab_size)
 
     def new_cache(
         self, batch_size: int, max_len: int | None = None, *, dtype: torch.dtype | None = None

@@ -59,18 +59,23 @@ class TextDataModule(L.LightningDataModule):
         num_workers: int = 0,
         seed: int = 1337,
         cache: str | None = None,
+        field: str = "text",
     ) -> None:
         """
         Args:
-            source: a named corpus (tinyshakespeare, gutenberg-english, ...) or a text file, folder or glob.
+            source: a named corpus (tinyshakespeare, gutenberg-english, chinese-poetry, ...) or a file, folder
+                or glob of UTF-8 text files (each one document) and JSON-lines files (``*.jsonl``, one
+                document per line).
             tokenizer: the tokenizer to train on the corpus or use as is (default: char).
             block_size: tokens per training window; recipes link it to model.arch.block_size.
             batch_size: windows per batch (per device).
-            val_fraction: share of each document held out for validation (its end).
+            val_fraction: share held out for validation: every 1/val_fraction-th document, or the end of
+                each document when there are few (see :mod:`gpt2kit.data.prepare`).
             val_max_windows: cap on the number of fixed validation windows (evenly spaced); None: all.
             num_workers: DataLoader worker processes.
             seed: seed of the random training windows.
             cache: folder for prepared shards (default: $GPT2KIT_CACHE/prepared).
+            field: the key of each JSON line that holds its text (``*.jsonl`` sources).
         """
         super().__init__()
         if block_size <= 0 or batch_size <= 0:
@@ -84,18 +89,21 @@ class TextDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.seed = seed
         self.cache = Path(cache).expanduser() if cache else cache_dir() / "prepared"
+        self.field = field
         self._prepared: Prepared | None = None
 
     # -- preparation ----------------------------------------------------------------------------------
     def prepare_data(self) -> None:
         self.prepared()
 
-    def prepared(self) -> Prepared:
-        """The prepared shards, preparing them first if needed (idempotent, cheap when cached)."""
+    def prepared(self, progress: bool | None = None) -> Prepared:
+        """The prepared shards, preparing them first if needed (idempotent, cheap when cached).
+
+        ``progress``: progress bars on stderr; None shows them when stderr is a terminal.
+        """
         if self._prepared is None:
-            self._prepared = prepare(
-                TextSource.resolve(self.source), self._tokenizer, self.cache, self.val_fraction
-            )
+            source = TextSource.resolve(self.source, self.field)
+            self._prepared = prepare(source, self._tokenizer, self.cache, self.val_fraction, progress)
         return self._prepared
 
     @property
@@ -105,6 +113,12 @@ class TextDataModule(L.LightningDataModule):
     @property
     def vocab_size(self) -> int:
         return self.tokenizer.vocab_size
+
+    @property
+    def val_bytes_per_token(self) -> float:
+        """UTF-8 bytes of text per validation token: turns a loss per token into bits per byte."""
+        meta = self.prepared().meta
+        return meta["val_bytes"] / meta["val_tokens"]
 
     # -- loaders ------------------------------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:

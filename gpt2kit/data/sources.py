@@ -4,6 +4,11 @@ A named corpus is looked for, in order, under ``$GPT2KIT_DATA/<name>/`` (a folde
 copies, e.g. ``../shared/data`` in CI), then in the cache (``$GPT2KIT_CACHE``, default
 ``~/.cache/gpt2kit``), and is downloaded into the cache only if it is in neither. Every file is checked
 against its sha256 before use; a download that does not match is deleted and refused.
+
+A source yields :class:`Document` s. A document's text comes in pieces, so that a single huge file is
+read in chunks rather than whole: pieces are cut only before a line break that is followed by a
+non-space character, where GPT-2's pre-tokenization (and a character tokenizer) always splits anyway,
+so tokenizing the pieces gives exactly the ids of tokenizing the whole text.
 """
 
 from __future__ import annotations
@@ -11,12 +16,16 @@ from __future__ import annotations
 import codecs
 import glob
 import hashlib
+import json
 import logging
 import os
+import re
+import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from gpt2kit.errors import GPT2KitError
 
@@ -57,6 +66,14 @@ _GH = "https://raw.githubusercontent.com"
 
 def _gutenberg(book: int, commit: str, sha: str) -> RemoteFile:
     return RemoteFile(f"{book}-0.txt", f"{_GH}/gutenbergbooks/{book}/{commit}/{book}-0.txt", sha)
+
+
+def _poetry(name: str, upstream: str, sha: str) -> RemoteFile:
+    """A file of chinese-poetry/chinese-poetry at a fixed commit; upstream paths are Chinese (URL-quoted)."""
+    commit = "99ebbef7e1345c0985c44b9fd96a3f9e776f117b"
+    return RemoteFile(
+        name, f"{_GH}/chinese-poetry/chinese-poetry/{commit}/{urllib.parse.quote(upstream)}", sha
+    )
 
 
 CORPORA: dict[str, Corpus] = {
@@ -120,6 +137,54 @@ CORPORA: dict[str, Corpus] = {
                 ),
             ),
             reader="none",
+        ),
+        Corpus(
+            "chinese-poetry",
+            "Chinese classics (chinese-poetry): 4,000 Tang poems, 300 Tang poems, Shijing, Analects and "
+            "300 Song ci, each poem or chapter one document (traditional and simplified script as published)",
+            (
+                _poetry(
+                    "poet.tang.0.json",
+                    "全唐诗/poet.tang.0.json",
+                    "4f88f429938082523cdc72a1612bd7a7c3e3f7a33f8192c61ae51340efc3c92d",
+                ),
+                _poetry(
+                    "poet.tang.1000.json",
+                    "全唐诗/poet.tang.1000.json",
+                    "6e703b8d8dcedbd6110f6d48d043665ca2131db2035a5bfcef5e59a19aeb6d75",
+                ),
+                _poetry(
+                    "poet.tang.2000.json",
+                    "全唐诗/poet.tang.2000.json",
+                    "ec28efa7e2ae9cdbbba09f0ed186e32ccae47a325ad1e5816b7ad56071c1665a",
+                ),
+                _poetry(
+                    "poet.tang.3000.json",
+                    "全唐诗/poet.tang.3000.json",
+                    "9e4ba2323752b6b9fbdba875cdbc6a26636fe0cabc85fd066370d4915952001f",
+                ),
+                _poetry(
+                    "tangshisanbaishou.json",
+                    "蒙学/tangshisanbaishou.json",
+                    "8423b65d938d0327e369972e790549b42609fa7ac4a2a72df59f4cb5a49c08f8",
+                ),
+                _poetry(
+                    "shijing.json",
+                    "诗经/shijing.json",
+                    "3c7ca54d59424542ada99adfcc85420287fbbd5c8a511e9baf705cb2b04051e7",
+                ),
+                _poetry(
+                    "lunyu.json",
+                    "论语/lunyu.json",
+                    "bc336a3839706377892719db44c48a09794a493190535a42bf1c7d4c4233e96c",
+                ),
+                _poetry(
+                    "songci300.json",
+                    "宋词/宋词三百首.json",
+                    "ca5d74f7fdb9d5a6acc22a7c8b4395228cad4bb8be53df44c19ba83ab6983b20",
+                ),
+            ),
+            reader="chinese-poetry",
         ),
     ]
 }
@@ -199,6 +264,42 @@ def fetch_corpus(name: str) -> Path:
 
 # --- reading documents -------------------------------------------------------------------------------
 
+PIECE_CHARS = 1 << 16
+"""A long text is cut into pieces of about this many characters (at the first safe place after it)."""
+
+_SAFE_CUT = re.compile(r"\n(?=\S)")
+"""Where a text may be cut: before a line break followed by a non-space character. No GPT-2 word spans
+it, and the whitespace before it splits the same whether the text ends there or goes on."""
+
+
+def cut_pieces(blocks: Iterable[str], size: int | None = None) -> Iterator[str]:
+    """Re-cut a stream of text blocks into pieces of about ``size`` (default :data:`PIECE_CHARS`)
+    characters, only at safe places. Text without a safe place (no line breaks) stays in one piece.
+    """
+    size = size or PIECE_CHARS
+    buffer = ""
+    for block in blocks:
+        buffer += block
+        start = 0
+        while (m := _SAFE_CUT.search(buffer, start + size)) is not None:
+            yield buffer[start : m.start()]
+            start = m.start()
+        buffer = buffer[start:]
+    if buffer:
+        yield buffer
+
+
+@dataclass
+class Document:
+    """One document: its text as pieces, in order, and its size in UTF-8 bytes (known before reading)."""
+
+    pieces: Iterable[str]
+    nbytes: int
+
+    @classmethod
+    def of(cls, text: str) -> Document:
+        return cls(cut_pieces([text]), len(text.encode("utf-8")))
+
 
 def read_utf8(path: Path, chunk: int = 1 << 22) -> Iterator[str]:
     """Stream a file's text in chunks; a byte that is not UTF-8 is an error naming file and offset."""
@@ -223,12 +324,70 @@ def read_utf8(path: Path, chunk: int = 1 << 22) -> Iterator[str]:
                 return
 
 
-def read_text_file(path: Path) -> Iterator[str]:
-    """A plain text file is one document."""
-    yield "".join(read_utf8(path))
+def read_text_file(path: Path) -> Iterator[Document]:
+    """A plain text file is one document, read in pieces (never whole)."""
+    yield Document(cut_pieces(read_utf8(path)), path.stat().st_size)
 
 
-READERS: dict[str, Callable[[Path], Iterator[str]]] = {"text": read_text_file}
+def read_jsonl(path: Path, field: str = "text") -> Iterator[Document]:
+    """JSON lines: each line is an object whose ``field`` holds one document. Blank lines are skipped."""
+    offset = 0
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, start=1):
+            line_start, offset = offset, offset + len(raw)
+            if not raw.strip():
+                continue
+            try:
+                record = json.loads(raw.decode("utf-8"))
+            except UnicodeDecodeError as exc:
+                raise GPT2KitError(
+                    f"{path} is not valid UTF-8: byte offset {line_start + exc.start} (line {number}, "
+                    f"0x{raw[exc.start]:02x}) cannot be decoded; convert the file to UTF-8 (e.g. iconv -t UTF-8)"
+                ) from None
+            except ValueError as exc:
+                raise GPT2KitError(
+                    f"{path}:{number}: not valid JSON ({exc}); each line of a .jsonl file must be one JSON object"
+                ) from None
+            text = record.get(field) if isinstance(record, dict) else None
+            if not isinstance(text, str):
+                found = (
+                    f"keys: {', '.join(record)[:120]}" if isinstance(record, dict) else type(record).__name__
+                )
+                problem = "is not a string" if isinstance(record, dict) and field in record else "is missing"
+                raise GPT2KitError(
+                    f"{path}:{number}: the text field '{field}' {problem} ({found}); set data.init_args.field "
+                    "to the key that holds each line's text"
+                )
+            yield Document.of(text)
+
+
+def read_chinese_poetry(path: Path) -> Iterator[Document]:
+    """A chinese-poetry JSON file: each poem (or chapter of prose) is one document, its title line first
+    and then its lines (``paragraphs`` or ``content``), joined by line breaks."""
+    for title, lines in _poems(json.loads("".join(read_utf8(path)))):
+        yield Document.of("\n".join([title, *lines] if title else lines))
+
+
+def _poems(node: Any) -> Iterator[tuple[str, list[str]]]:
+    """Every object with a list of text lines, however deep (tangshisanbaishou.json nests them)."""
+    if isinstance(node, list):
+        for item in node:
+            yield from _poems(item)
+    elif isinstance(node, dict):
+        lines = node.get("paragraphs") or node.get("content")
+        if isinstance(lines, list) and lines and all(isinstance(line, str) for line in lines):
+            title = node.get("title") or node.get("rhythmic") or node.get("chapter") or ""
+            yield title, lines
+        elif isinstance(lines, list):
+            yield from _poems(lines)
+
+
+READERS: dict[str, Callable[[Path], Iterator[Document]]] = {
+    "text": read_text_file,
+    "jsonl": read_jsonl,
+    "chinese-poetry": read_chinese_poetry,
+}
+"""How a file becomes documents; ``auto`` (local files) picks ``jsonl`` for ``*.jsonl``, else ``text``."""
 
 
 @dataclass
@@ -236,18 +395,23 @@ class TextSource:
     """Documents from a named corpus or from local files (a path, a folder or a glob)."""
 
     spec: str
-    """A corpus name (see CORPORA) or a path / folder / glob of UTF-8 text files."""
+    """A corpus name (see CORPORA) or a path / folder / glob of UTF-8 text or JSON-lines files."""
     files: list[Path] = field(default_factory=list)
-    reader: str = "text"
+    reader: str = "auto"
+    """A key of :data:`READERS`, or "auto": by file suffix."""
     name: str = ""
+    field: str = "text"
+    """The key holding the text in JSON-lines files."""
 
     @classmethod
-    def resolve(cls, spec: str) -> TextSource:
+    def resolve(cls, spec: str, field: str = "text") -> TextSource:
         if spec in CORPORA:
             corpus = CORPORA[spec]
+            if corpus.reader not in READERS:
+                raise GPT2KitError(f"corpus '{spec}' holds no text to train on ({corpus.description})")
             root = fetch_corpus(spec)
             files = [root / f.path for f in corpus.files]
-            return cls(spec, files, corpus.reader, spec)
+            return cls(spec, files, corpus.reader, spec, field)
         path = Path(spec).expanduser()
         if path.is_dir():
             files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
@@ -256,20 +420,34 @@ class TextSource:
         else:
             files = [path] if path.is_file() else []
         if not files:
+            named = ", ".join(name for name, c in CORPORA.items() if c.reader in READERS)
             raise GPT2KitError(
-                f"data source '{spec}' is neither a named corpus ({', '.join(CORPORA)}) nor an existing "
-                "file, folder or glob of text files"
+                f"data source '{spec}' is neither a named corpus ({named}) nor an existing file, folder or "
+                "glob of text (.txt) or JSON-lines (.jsonl) files"
             )
-        return cls(spec, files, "text", path.stem or "data")
+        return cls(spec, files, "auto", path.stem or "data", field)
 
-    def documents(self) -> Iterator[str]:
-        read = READERS[self.reader]
+    def read(self, path: Path) -> Iterator[Document]:
+        reader = self.reader
+        if reader == "auto":
+            reader = "jsonl" if path.suffix == ".jsonl" else "text"
+        if reader == "jsonl":
+            return read_jsonl(path, self.field)
+        return READERS[reader](path)
+
+    def documents(self) -> Iterator[Document]:
+        """Every non-empty document, in order (files in sorted order)."""
         for path in self.files:
-            yield from read(path)
+            yield from (doc for doc in self.read(path) if doc.nbytes)
+
+    def texts(self) -> Iterator[str]:
+        """All the text, document after document, in pieces (to train a tokenizer on)."""
+        for doc in self.documents():
+            yield from doc.pieces
 
     def fingerprint(self) -> str:
-        """sha256 over the files' contents (and the reader): changes whenever the text could."""
-        h = hashlib.sha256(self.reader.encode())
+        """sha256 over the files' contents (and how they are read): changes whenever the text could."""
+        h = hashlib.sha256(f"{self.reader}:{self.field}".encode())
         for path in self.files:
             h.update(path.name.encode())
             h.update(sha256_file(path).encode())

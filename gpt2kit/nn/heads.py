@@ -23,6 +23,10 @@ class Head(nn.Module):
     def forward(self, h: Tensor, wte: nn.Embedding, valid: Tensor | None = None) -> Tensor:
         raise NotImplementedError
 
+    def resize_vocab(self, vocab_size: int) -> None:
+        """Follow a resized token embedding (new tokens added); a head with its own vocab-sized weight
+        keeps its rows and initialises the new ones. Heads that read ``wte`` need nothing."""
+
 
 HEAD = add_kind("head", Head)
 

@@ -3,18 +3,28 @@
 A tokenizer is *trained* on the corpus while the data is prepared (char: the alphabet; BPE: the
 merges) or comes pretrained (gpt2), then saved next to the token shards and inside every checkpoint,
 so that ``generate`` needs nothing but the checkpoint.
+
+Special tokens (``<|endoftext|>``, chat role markers) have ids of their own. Text that happens to
+contain a special token's string is ordinary text unless the caller allows it:
+``encode(text, allowed_special="all")`` (or a set of tokens). This is OpenAI's GPT-2 encoder's
+behaviour (and tiktoken's ``encode_ordinary``): a corpus or a user message can never inject a document
+boundary or a role marker, and ``gpt2`` ids equal OpenAI's on any text.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator, Sequence
-from typing import Any
+import re
+from collections.abc import Collection, Iterable, Iterator, Sequence
+from typing import Any, Literal
 
 from gpt2kit.errors import GPT2KitError
 from gpt2kit.registry import add_kind
 
 EOT = "<|endoftext|>"
+
+AllowedSpecial = Collection[str] | Literal["all"]
+"""Which special tokens ``encode`` recognises in text: "all", or a collection of them (default: none)."""
 
 
 class Tokenizer:
@@ -23,7 +33,8 @@ class Tokenizer:
     def __init__(self, special_tokens: Sequence[str] = ()) -> None:
         """
         Args:
-            special_tokens: extra tokens never split by the tokenizer (e.g. chat role markers).
+            special_tokens: tokens with ids of their own, such as "<|endoftext|>" or chat role markers;
+                in text they are recognised only where ``encode(..., allowed_special=...)`` allows.
         """
         self.special_tokens: list[str] = list(dict.fromkeys(special_tokens))
 
@@ -32,7 +43,8 @@ class Tokenizer:
     def vocab_size(self) -> int:
         raise NotImplementedError
 
-    def encode(self, text: str) -> list[int]:
+    def encode_ordinary(self, text: str) -> list[int]:
+        """Token ids of ``text`` read as plain text (special token strings included)."""
         raise NotImplementedError
 
     def decode(self, ids: Sequence[int]) -> str:
@@ -56,10 +68,72 @@ class Tokenizer:
         return True
 
     def train(self, texts: Iterable[str]) -> None:
-        """Learn the vocabulary from an iterator of documents (streamed, not held in memory)."""
+        """Learn the vocabulary from an iterator of texts (streamed, not held in memory).
 
-    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
-        return [self.encode(t) for t in texts]
+        Long documents arrive in pieces cut before a line break that precedes a non-space character
+        (see :func:`gpt2kit.data.sources.cut_pieces`); a tokenizer must encode text the same way
+        whether or not it is cut there.
+        """
+
+    def encode_ordinary_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        """:meth:`encode_ordinary` of many texts; tokenizers override it to use every core."""
+        return [self.encode_ordinary(t) for t in texts]
+
+    def _add_special(self, token: str) -> None:
+        """Give ``token`` the next free id and append it to ``special_tokens`` (subclasses)."""
+        raise GPT2KitError(f"the {type(self).__name__} tokenizer cannot add special tokens")
+
+    # -- special tokens and the public encoding API ----------------------------------------------------
+    def encode(self, text: str, *, allowed_special: AllowedSpecial = ()) -> list[int]:
+        """Token ids of ``text``; a special token's string counts as that token only if allowed."""
+        allowed = self._allowed(allowed_special)
+        if not allowed:
+            return self.encode_ordinary(text)
+        ids: list[int] = []
+        for part in _split_keep(text, allowed):
+            if part in allowed:
+                ids.append(self.token_id(part))
+            else:
+                ids.extend(self.encode_ordinary(part))
+        return ids
+
+    def encode_batch(self, texts: Sequence[str], *, allowed_special: AllowedSpecial = ()) -> list[list[int]]:
+        """:meth:`encode` of many texts at once (in parallel where the tokenizer can)."""
+        if not self._allowed(allowed_special):
+            return self.encode_ordinary_batch(list(texts))
+        return [self.encode(t, allowed_special=allowed_special) for t in texts]
+
+    def add_special_tokens(self, tokens: Sequence[str]) -> list[int]:
+        """Add special tokens (e.g. chat role markers) after the vocabulary; returns their ids.
+
+        Existing ids never change, so a model trained with this tokenizer keeps working once its
+        embedding is resized (:meth:`gpt2kit.model.GPT.resize_token_embeddings`). Tokens that already
+        are special keep their ids.
+        """
+        if not self.is_trained:
+            raise GPT2KitError(
+                f"add special tokens to the {self.name} tokenizer after training it, or list them in its "
+                f"special_tokens setting: {list(tokens)}"
+            )
+        for token in tokens:
+            if not isinstance(token, str) or not token:
+                raise GPT2KitError(f"a special token must be a non-empty string, got {token!r}")
+            if token not in self.special_tokens:
+                self._add_special(token)
+        return [self.token_id(t) for t in tokens]
+
+    def _allowed(self, allowed_special: AllowedSpecial) -> list[str]:
+        if allowed_special == "all":
+            return self.special_tokens
+        if isinstance(allowed_special, str):
+            allowed_special = [allowed_special]
+        unknown = [t for t in allowed_special if t not in self.special_tokens]
+        if unknown:
+            raise GPT2KitError(
+                f"allowed_special names {unknown}, which are not special tokens of this {self.name} tokenizer "
+                f"(it has {self.special_tokens}); add them with add_special_tokens first"
+            )
+        return list(allowed_special)
 
     def token_id(self, token: str) -> int | None:
         """The id of a special token, or None if this tokenizer has no such token."""
@@ -122,3 +196,9 @@ class Tokenizer:
 
 
 TOKENIZER = add_kind("tokenizer", Tokenizer)
+
+
+def _split_keep(text: str, tokens: Sequence[str]) -> list[str]:
+    """``text`` split around every occurrence of ``tokens`` (kept as parts; longest token first)."""
+    pattern = "|".join(re.escape(t) for t in sorted(tokens, key=len, reverse=True))
+    return [part for part in re.split(f"({pattern})", text) if part]

@@ -23,8 +23,9 @@ class CharTokenizer(Tokenizer):
         self._build()
 
     def _build(self) -> None:
-        self.itos = [*self.chars, *self.special_tokens]
-        self.stoi = {s: i for i, s in enumerate(self.itos)}
+        self.itos = [*self.chars, *self.special_tokens]  # id -> string; special tokens after the characters
+        self.stoi = {c: i for i, c in enumerate(self.chars)}
+        self.special_ids = {s: len(self.chars) + i for i, s in enumerate(self.special_tokens)}
 
     @property
     def is_trained(self) -> bool:
@@ -43,33 +44,29 @@ class CharTokenizer(Tokenizer):
         self.chars = sorted(seen)
         self._build()
 
-    def encode(self, text: str) -> list[int]:
-        ids: list[int] = []
-        for part in self._split_special(text):
-            if part in self.special_tokens:
-                ids.append(self.stoi[part])
-                continue
-            try:
-                ids.extend(self.stoi[c] for c in part)
-            except KeyError:
-                unknown = sorted({c for c in part if c not in self.stoi})
-                raise GPT2KitError(
-                    f"characters not in this char tokenizer's vocabulary: {''.join(unknown)!r} "
-                    f"({', '.join(f'U+{ord(c):04X}' for c in unknown[:8])}); use only characters of the training corpus"
-                ) from None
-        return ids
-
-    def _split_special(self, text: str) -> list[str]:
-        parts = [text]
-        for tok in self.special_tokens:
-            parts = [p for part in parts for p in _split_keep(part, tok)]
-        return parts
+    def encode_ordinary(self, text: str) -> list[int]:
+        try:
+            return [self.stoi[c] for c in text]
+        except KeyError:
+            unknown = sorted({c for c in text if c not in self.stoi})
+            hint = ""
+            if any(s in text for s in self.special_tokens):
+                hint = " (the text holds a special token: allow it with encode(text, allowed_special='all'))"
+            raise GPT2KitError(
+                f"characters not in this char tokenizer's vocabulary: {''.join(unknown)!r} "
+                f"({', '.join(f'U+{ord(c):04X}' for c in unknown[:8])}); use only characters of the "
+                f"training corpus{hint}"
+            ) from None
 
     def decode(self, ids: Sequence[int]) -> str:
         return "".join(self.itos[i] for i in ids)
 
     def token_id(self, token: str) -> int | None:
-        return self.stoi.get(token) if token in self.special_tokens else None
+        return self.special_ids.get(token)
+
+    def _add_special(self, token: str) -> None:
+        self.special_tokens.append(token)
+        self._build()  # special tokens follow the characters, so the new one takes the next id
 
     def state(self) -> dict[str, Any]:
         return {"chars": "".join(self.chars)}
@@ -77,13 +74,3 @@ class CharTokenizer(Tokenizer):
     def load_state(self, state: dict[str, Any]) -> None:
         self.chars = list(state.get("chars", ""))
         self._build()
-
-
-def _split_keep(text: str, sep: str) -> list[str]:
-    out: list[str] = []
-    for i, piece in enumerate(text.split(sep)):
-        if i:
-            out.append(sep)
-        if piece:
-            out.append(piece)
-    return out
