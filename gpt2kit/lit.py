@@ -93,6 +93,7 @@ class GPTLitModule(L.LightningModule):
         mlp: MLPFactory = GeluMLP,
         head: HeadFactory = TiedLMHead,
         optim: OptimConfig = OptimConfig(),
+        init_from: str | None = None,
     ) -> None:
         """
         Args:
@@ -103,6 +104,8 @@ class GPTLitModule(L.LightningModule):
             mlp: the feed-forward sub-layer of every block.
             head: the output head.
             optim: optimizer and learning-rate schedule.
+            init_from: a gpt2kit checkpoint (e.g. from ``import-hf``) whose weights and tokenizer the
+                model starts from (not its optimizer or step); its shapes must fit the settings above.
         """
         super().__init__()
         self.save_hyperparameters()
@@ -111,6 +114,8 @@ class GPTLitModule(L.LightningModule):
                 self.hparams[key] = component_spec(value)
             self.hparams["_instantiator"] = "lightning.pytorch.cli.instantiate_module"
         self.optim = optim
+        self.init_from = init_from
+        self._initialised = init_from is None
         self.model = GPT(arch, attention, position, norm, mlp, head)
         self.tokenizer: Tokenizer | None = None
         self.val_loss = MeanMetric()
@@ -198,6 +203,8 @@ class GPTLitModule(L.LightningModule):
 
     # -- tokenizer travels with the checkpoint ----------------------------------------------------------
     def setup(self, stage: str) -> None:
+        if not self._initialised:  # once: a later stage must not undo training
+            self.load_initial_weights()
         datamodule = getattr(self.trainer, "datamodule", None)
         data_tok = getattr(datamodule, "tokenizer", None)
         if data_tok is None:
@@ -213,6 +220,19 @@ class GPTLitModule(L.LightningModule):
                 f"{self.model.config.vocab_size}: link model.arch.vocab_size to the data (the CLI does this)"
             )
         self.tokenizer = data_tok
+
+    def load_initial_weights(self) -> None:
+        """Load the weights and tokenizer of ``init_from`` (a --ckpt_path given to the run wins later)."""
+        from gpt2kit.checkpoint import load_weights, read_checkpoint
+
+        ckpt = read_checkpoint(self.init_from)
+        if "state_dict" not in ckpt:
+            raise GPT2KitError(
+                f"init_from={self.init_from} is not a gpt2kit checkpoint (it has no state_dict)"
+            )
+        load_weights(self, ckpt["state_dict"], source=f"init_from={self.init_from}")
+        self.on_load_checkpoint(ckpt)
+        self._initialised = True
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         from gpt2kit import __version__
