@@ -12,7 +12,7 @@ import functools
 import math
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import lightning as L
 import torch
@@ -25,6 +25,9 @@ from gpt2kit.errors import GPT2KitError
 from gpt2kit.model import GPT, AttentionFactory, HeadFactory, MLPFactory, NormFactory, PositionFactory
 from gpt2kit.nn import CausalSelfAttention, GeluMLP, LayerNorm, LearnedPosition, TiedLMHead
 from gpt2kit.tokenizers import Tokenizer
+
+if TYPE_CHECKING:
+    from gpt2kit.data.prompts import PromptBatch
 
 IGNORE_INDEX = -100
 """Target id that contributes no loss (padding, prompts, non-assistant chat turns)."""
@@ -169,6 +172,33 @@ class GPTLitModule(L.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self.on_validation_epoch_end()
+
+    def predict_step(self, batch: PromptBatch, batch_idx: int) -> list[dict[str, Any]]:
+        """Complete a batch of text prompts (from :class:`~gpt2kit.data.PromptDataModule`)."""
+        from gpt2kit.generate import encode_prompt, generate
+
+        if self.tokenizer is None:
+            raise GPT2KitError(
+                "the model has no tokenizer to read prompts with: predict from a trained or imported "
+                "checkpoint (--ckpt_path PATH or --model.init_from PATH)"
+            )
+        sampling = batch.sampling
+        if sampling.seed is not None:  # a different, reproducible stream per batch
+            sampling = dataclasses.replace(sampling, seed=sampling.seed + batch_idx)
+        prompts = [encode_prompt(self.tokenizer, text) for text in batch.prompts]
+        completions = generate(self.model, prompts, sampling, self.tokenizer)
+        return [
+            {
+                "id": i,
+                "sample": n,
+                "prompt": text,
+                "completion": c.text,
+                "finish_reason": c.finish_reason,
+                "prompt_tokens": c.prompt_tokens,
+                "completion_tokens": len(c.tokens),
+            }
+            for i, n, text, c in zip(batch.ids, batch.samples, batch.prompts, completions, strict=True)
+        ]
 
     # -- optimizer --------------------------------------------------------------------------------------
     def param_groups(self) -> list[dict[str, Any]]:
