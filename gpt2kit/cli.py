@@ -3,6 +3,8 @@
     python -m gpt2kit fit --config recipes/pretrain/shakespeare-char.yaml
     python -m gpt2kit generate --ckpt runs/shakespeare-char/.../last.ckpt --prompt "ROMEO:"
     python -m gpt2kit predict --config recipes/predict/completions.yaml --ckpt_path CKPT --data.prompts FILE
+    python -m gpt2kit import-hf HF_DIR OUT.ckpt        # Hugging Face GPT-2 folder → checkpoint
+    python -m gpt2kit export-hf CKPT OUT_DIR           # and back
     python -m gpt2kit list [KIND] [PATTERN]
 
 Plugins (``gpt2kit.plugins`` entry points, ``--plugins MOD[,MOD]``, ``GPT2KIT_PLUGINS``) are imported
@@ -190,6 +192,31 @@ def _device(name: str) -> str:
     return name
 
 
+def import_hf_command(hf_dir: str, out: str, tokenizer: str | None = None) -> None:
+    """Turn a Hugging Face GPT-2 folder (config.json + model.safetensors) into a gpt2kit checkpoint.
+
+    Args:
+        hf_dir: the Hugging Face model folder (e.g. a downloaded `gpt2` snapshot).
+        out: the checkpoint file to write (.ckpt).
+        tokenizer: a gpt2kit tokenizer JSON to store instead of the folder's own tokenizer.
+    """
+    from gpt2kit.interop.hf import import_hf
+
+    print(f"wrote {import_hf(hf_dir, out, tokenizer)}")
+
+
+def export_hf_command(ckpt: str, out_dir: str) -> None:
+    """Write a gpt2kit checkpoint as a Hugging Face GPT-2 folder (config.json + model.safetensors).
+
+    Args:
+        ckpt: a gpt2kit checkpoint (.ckpt).
+        out_dir: the folder to write.
+    """
+    from gpt2kit.interop.hf import export_hf
+
+    print(f"wrote {export_hf(ckpt, out_dir)}")
+
+
 def _run_function(fn: Callable[..., None], args: Sequence[str], prog: str) -> None:
     parser = ArgumentParser(prog=f"python -m gpt2kit {prog}", description=(fn.__doc__ or "").split("\n")[0])
     parser.add_function_arguments(fn, as_group=False, as_positional=fn in POSITIONAL)
@@ -200,8 +227,10 @@ def _run_function(fn: Callable[..., None], args: Sequence[str], prog: str) -> No
 COMMANDS: dict[str, Callable[..., None]] = {
     "list": list_command,
     "generate": generate_command,
+    "import-hf": import_hf_command,
+    "export-hf": export_hf_command,
 }
-POSITIONAL: set[Callable[..., None]] = set()
+POSITIONAL = {import_hf_command, export_hf_command}
 """Commands whose required arguments are positional (``import-hf HF_DIR OUT``)."""
 
 
