@@ -107,6 +107,36 @@ def test_generating_past_the_context_never_indexes_past_the_position_table():
     assert [len(c.tokens) for c in out] == [70, 70]
 
 
+def test_last_only_applies_the_head_to_the_last_position():
+    gpt = model()
+    idx = torch.randint(0, gpt.config.vocab_size, (2, 9))
+    valid = torch.ones(2, 9, dtype=torch.bool)
+    valid[1, :3] = False
+    assert torch.allclose(gpt(idx, last_only=True), gpt(idx)[:, -1:], atol=1e-6)
+    assert torch.allclose(gpt(idx, valid=valid, last_only=True), gpt(idx, valid=valid)[:, -1:], atol=1e-6)
+
+
+def test_bf16_batch_of_one_runs_linear_layers_as_matrix_vector_products():
+    from gpt2kit.generate import _MatVecLinear
+
+    weight, bias = torch.randn(96, 32, dtype=torch.bfloat16), torch.randn(96, dtype=torch.bfloat16)
+    x = torch.randn(1, 1, 32, dtype=torch.bfloat16)
+    with _MatVecLinear():
+        y = torch.nn.functional.linear(x, weight, bias)
+        no_bias = torch.nn.functional.linear(x, weight)
+    assert y.shape == (1, 1, 96) and torch.allclose(
+        y, torch.nn.functional.linear(x, weight, bias), rtol=2e-2, atol=5e-2
+    )
+    assert torch.allclose(no_bias, x @ weight.T, rtol=2e-2, atol=5e-2)
+    gpt = model().to(torch.bfloat16)  # and decoding with it gives the tokens of the plain path
+    cfg = SamplingConfig(max_new_tokens=12, temperature=0)
+    fast = Generation(gpt, [[3, 1, 4]], cfg)
+    assert isinstance(fast.matvec, _MatVecLinear)
+    plain = Generation(gpt, [[3, 1, 4], [3, 1, 4]], cfg)  # batch 2: plain F.linear
+    list(fast), list(plain)
+    assert fast.completions()[0].tokens == plain.completions()[0].tokens
+
+
 def test_top_k_and_top_p_keep_only_the_head_of_the_distribution():
     logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]])).expand(4000, 4)
     draws = lambda **kw: set(sample_next(logits, SamplingConfig(temperature=1.0, **kw)).tolist())  # noqa: E731
