@@ -317,8 +317,7 @@ class Generation:
         was_training = model.training
         model.eval()
         try:
-            with torch.inference_mode():
-                yield from self._steps(model, cfg)
+            yield from self._steps(model, cfg)
         finally:
             model.train(was_training)
             for i, reason in enumerate(self.finish_reason):
@@ -327,6 +326,7 @@ class Generation:
             for text in self.text or []:
                 text.flush()
 
+    @torch.inference_mode()  # entered around each step only: the caller's code between steps is not affected
     def _steps(self, model: GPT, cfg: SamplingConfig) -> Iterator[list[int]]:
         if cfg.max_new_tokens == 0:
             return

@@ -212,6 +212,8 @@ def test_stream_yields_token_by_token_and_restores_training_mode():
     steps = list(stream(gpt, torch.tensor([[1, 2, 3]]), SamplingConfig(max_new_tokens=5, temperature=0)))
     assert len(steps) == 5 and all(s.shape == (1, 1) for s in steps)
     assert gpt.training
+    for _ in stream(gpt, torch.tensor([[1, 2, 3]]), SamplingConfig(max_new_tokens=3)):
+        assert not torch.is_inference_mode_enabled() and not gpt.training  # only inside each step
 
 
 @pytest.mark.parametrize(
