@@ -148,7 +148,14 @@ def generate_command(
     from gpt2kit.generate import SamplingConfig, encode_prompt, stream_text
 
     cfg = SamplingConfig(
-        max_new_tokens, temperature, top_k, top_p, repetition_penalty, list(stop or []), [], stop_at_eot, seed
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        repetition_penalty=repetition_penalty,
+        stop=list(stop or []),
+        stop_at_eot=stop_at_eot,
+        seed=seed,
     )
     if num_samples < 1:
         raise GPT2KitError(f"num_samples={num_samples} must be >= 1")
