@@ -7,7 +7,6 @@ weights, so that ``generate`` needs nothing but the checkpoint.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -81,13 +80,14 @@ class HFTokenizer(Tokenizer):
         return self._tok.token_to_id(token) if token in self.special_tokens else None
 
     def state(self) -> dict[str, Any]:
-        return {"tokenizer": json.loads(self._tok.to_str())} if self._tok is not None else {}
+        # One JSON string, not nested data: a checkpoint's weights_only unpickler reads it at once.
+        return {"tokenizer_json": self._tok.to_str()} if self._tok is not None else {}
 
     def load_state(self, state: dict[str, Any]) -> None:
         from tokenizers import Tokenizer as Backend
 
-        if "tokenizer" in state:
-            self._set(Backend.from_str(json.dumps(state["tokenizer"])))
+        if "tokenizer_json" in state:
+            self._set(Backend.from_str(state["tokenizer_json"]))
 
     def save_hf(self, path: str | Path) -> None:
         """Write ``tokenizer.json`` (and, for a BPE, ``vocab.json`` + ``merges.txt``) into a folder."""
