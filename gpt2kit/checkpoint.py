@@ -8,16 +8,19 @@ parser the CLI uses.
 from __future__ import annotations
 
 import pickle
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor, nn
 
 from gpt2kit.errors import GPT2KitError
 from gpt2kit.lit import GPTLitModule
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """The contents of a checkpoint file, read without running any code from it (``weights_only``)."""
     path = Path(path)
     if not path.is_file():
         hint = (
@@ -46,6 +49,55 @@ def load_module(path: str | Path, map_location: str | torch.device = "cpu") -> G
         raise GPT2KitError(f"{path} is not a gpt2kit checkpoint (no state_dict / hyper_parameters)")
     hparams = {k: v for k, v in ckpt["hyper_parameters"].items() if k != "_instantiator"}
     module = instantiate_module(GPTLitModule, hparams)
-    module.load_state_dict(ckpt["state_dict"])
+    load_weights(module, ckpt["state_dict"], source=str(path))
     module.on_load_checkpoint(ckpt)
     return module.to(map_location).eval()
+
+
+def load_weights(module: nn.Module, state: Mapping[str, Tensor], source: str) -> None:
+    """Copy ``state`` into ``module``, refusing (with the list) tensors whose names or shapes don't fit."""
+    own = module.state_dict()
+    wrong = [
+        f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}"
+        for k, v in state.items()
+        if k in own and v.shape != own[k].shape
+    ]
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    if wrong or missing or unexpected:
+        parts = [
+            f"{label}: {', '.join(keys[:8])}{' ...' if len(keys) > 8 else ''}"
+            for label, keys in (
+                ("shape mismatch (file vs model)", wrong),
+                ("missing", missing),
+                ("unexpected", unexpected),
+            )
+            if keys
+        ]
+        raise GPT2KitError(
+            f"the weights in {source} do not fit this model ({len(wrong)} mismatched, {len(missing)} missing, "
+            f"{len(unexpected)} unexpected tensors; {'; '.join(parts)}): use the model settings it was saved with"
+        )
+    module.load_state_dict(state)
+
+
+def save_checkpoint(module: GPTLitModule, path: str | Path) -> Path:
+    """Write ``module`` as a checkpoint that ``load_module`` and Lightning's ``--ckpt_path`` accept.
+
+    It has what a Lightning checkpoint of this module has (weights, hyperparameters, tokenizer) but
+    no optimizer or loop state: a start for fine-tuning (``model.init_from``), not a run to resume.
+    """
+    import lightning
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ckpt: dict[str, Any] = {
+        "state_dict": module.state_dict(),
+        "hyper_parameters": dict(module.hparams),
+        "pytorch-lightning_version": lightning.__version__,
+        "epoch": 0,
+        "global_step": 0,
+    }
+    module.on_save_checkpoint(ckpt)
+    torch.save(ckpt, path)
+    return path

@@ -3,6 +3,9 @@
     python -m gpt2kit fit --config recipes/pretrain/shakespeare-char.yaml
     python -m gpt2kit prepare --config recipes/pretrain/gutenberg-gpt2.yaml   # the data alone
     python -m gpt2kit generate --ckpt runs/shakespeare-char/.../last.ckpt --prompt "ROMEO:"
+    python -m gpt2kit predict --config recipes/predict/completions.yaml --ckpt_path CKPT --data.prompts FILE
+    python -m gpt2kit import-hf HF_DIR OUT.ckpt        # Hugging Face GPT-2 folder → checkpoint
+    python -m gpt2kit export-hf CKPT OUT_DIR           # and back
     python -m gpt2kit list [KIND] [PATTERN]
 
 Plugins (``gpt2kit.plugins`` entry points, ``--plugins MOD[,MOD]``, ``GPT2KIT_PLUGINS``) are imported
@@ -15,7 +18,7 @@ import logging
 import re
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any, NoReturn
+from typing import Any, Literal, NoReturn
 
 from jsonargparse import ArgumentParser
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -66,20 +69,20 @@ class GPT2KitCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("model.arch.block_size", "data.init_args.block_size")
-        parser.link_arguments("data", "model.arch.vocab_size", compute_fn=_vocab_size, apply_on="instantiate")
-
-
-def _vocab_size(data: Any) -> int:
-    return data.vocab_size
+        # Only data that has a tokenizer decides vocab_size: prompts for `predict` keep the checkpoint's.
+        parser.link_arguments("data.vocab_size", "model.arch.vocab_size", apply_on="instantiate")
 
 
 def lightning_main(args: Sequence[str] | None = None, run: bool = True) -> GPT2KitCLI:
-    from gpt2kit.data import TextDataModule
+    import lightning as L
+
+    import gpt2kit.callbacks  # noqa: F401  short class names in recipes (JSONLWriter)
+    import gpt2kit.data  # noqa: F401  short class names in recipes (TextDataModule, PromptDataModule)
     from gpt2kit.lit import GPTLitModule
 
     return GPT2KitCLI(
         GPTLitModule,
-        TextDataModule,
+        L.LightningDataModule,
         subclass_mode_data=True,
         args=args,
         run=run,
@@ -113,57 +116,118 @@ def list_command(kind: str | None = None, pattern: str = "*") -> None:
 def generate_command(
     ckpt: str,
     prompt: str = "",
+    prompt_file: str | None = None,
     num_samples: int = 1,
     max_new_tokens: int = 200,
     temperature: float = 0.8,
     top_k: int | None = 200,
     top_p: float | None = None,
+    repetition_penalty: float = 1.0,
+    stop: list[str] | None = None,
+    stop_at_eot: bool = True,
     seed: int | None = None,
     device: str = "cpu",
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32",
 ) -> None:
     """Sample text from a checkpoint, printing tokens as they are generated.
 
     Args:
-        ckpt: path to a gpt2kit checkpoint (.ckpt).
+        ckpt: path to a gpt2kit checkpoint (.ckpt), trained or from import-hf.
         prompt: text to continue; empty starts from the end-of-text token.
-        num_samples: number of independent samples.
+        prompt_file: a file of prompts (one per line, or .jsonl with {"prompt": ...}) instead of --prompt.
+        num_samples: number of independent samples per prompt.
         max_new_tokens: tokens to generate per sample.
         temperature: softmax temperature; 0 is greedy.
         top_k: sample among the k most likely tokens (None: all).
         top_p: nucleus sampling threshold in (0, 1] (None: off).
-        seed: seed for reproducible samples.
-        device: torch device to run on (cpu, cuda, mps).
+        repetition_penalty: > 1 makes tokens already in the context less likely (1: off).
+        stop: stop strings; a sample ends before the first one it produces.
+        stop_at_eot: end a sample at the end-of-text token.
+        seed: seed for reproducible samples (sample i uses seed + i).
+        device: torch device to run on (cpu, cuda, cuda:1, mps).
+        dtype: weight dtype; bfloat16 halves the bytes read per token (faster decoding).
     """
     import torch
 
     from gpt2kit.checkpoint import load_module
-    from gpt2kit.generate import SamplingConfig, stream
+    from gpt2kit.data import read_prompts
+    from gpt2kit.generate import SamplingConfig, encode_prompt, stream_text
 
-    cfg = SamplingConfig(max_new_tokens, temperature, top_k, top_p, seed)
-    module = load_module(ckpt, map_location=device)
+    cfg = SamplingConfig(
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        repetition_penalty=repetition_penalty,
+        stop=list(stop or []),
+        stop_at_eot=stop_at_eot,
+        seed=seed,
+    )
+    if num_samples < 1:
+        raise GPT2KitError(f"num_samples={num_samples} must be >= 1")
+    prompts = read_prompts(prompt_file) if prompt_file is not None else [prompt]
+    module = load_module(ckpt, map_location=_device(device)).to(getattr(torch, dtype))
     tok = module.tokenizer
     if tok is None:
         raise GPT2KitError(
-            f"checkpoint {ckpt} carries no tokenizer: it was not saved by a gpt2kit training run"
+            f"checkpoint {ckpt} carries no tokenizer to read the prompt with: "
+            "re-import it with `import-hf ... --tokenizer tokenizer.json`"
         )
-    if prompt:
-        ids = tok.encode(prompt, allowed_special="all")  # a prompt may hold special tokens on purpose
-    elif tok.eot_id is not None:
-        ids = [tok.eot_id]
-    else:
-        ids = tok.encode("\n")
-    for i in range(num_samples):
-        if num_samples > 1:
-            print(f"--- sample {i + 1} ---")
-        if seed is not None:
-            cfg.seed = seed + i
-        x = torch.tensor([ids], device=device)
-        sys.stdout.write(prompt)
-        tokens = (int(t) for t in stream(module.model, x, cfg))
-        for piece in tok.decode_stream(tokens):
-            sys.stdout.write(piece)
-            sys.stdout.flush()
-        sys.stdout.write("\n")
+    ids = [encode_prompt(tok, text) for text in prompts]  # every prompt is checked before sampling
+    n = 0
+    for i, (text, prompt_ids) in enumerate(zip(prompts, ids, strict=True)):
+        for j in range(num_samples):
+            if len(prompts) > 1:
+                print(f"--- prompt {i + 1}, sample {j + 1} ---")
+            elif num_samples > 1:
+                print(f"--- sample {j + 1} ---")
+            if seed is not None:
+                cfg.seed = seed + n
+            n += 1
+            sys.stdout.write(text)
+            for piece in stream_text(module.model, tok, prompt_ids, cfg):
+                sys.stdout.write(piece)
+                sys.stdout.flush()
+            sys.stdout.write("\n")
+
+
+def _device(name: str) -> str:
+    import torch
+
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise GPT2KitError(f"device={name!r} is not a torch device: use cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise GPT2KitError(f"device={name!r} but CUDA is not available here: use --device cpu")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise GPT2KitError(f"device={name!r} but MPS is not available here: use --device cpu")
+    return name
+
+
+def import_hf_command(hf_dir: str, out: str, tokenizer: str | None = None) -> None:
+    """Turn a Hugging Face GPT-2 folder (config.json + model.safetensors) into a gpt2kit checkpoint.
+
+    Args:
+        hf_dir: the Hugging Face model folder (e.g. a downloaded `gpt2` snapshot).
+        out: the checkpoint file to write (.ckpt).
+        tokenizer: a gpt2kit tokenizer JSON to store instead of the folder's own tokenizer.
+    """
+    from gpt2kit.interop.hf import import_hf
+
+    print(f"wrote {import_hf(hf_dir, out, tokenizer)}")
+
+
+def export_hf_command(ckpt: str, out_dir: str) -> None:
+    """Write a gpt2kit checkpoint as a Hugging Face GPT-2 folder (config.json + model.safetensors).
+
+    Args:
+        ckpt: a gpt2kit checkpoint (.ckpt).
+        out_dir: the folder to write.
+    """
+    from gpt2kit.interop.hf import export_hf
+
+    print(f"wrote {export_hf(ckpt, out_dir)}")
 
 
 def prepare_command(args: Sequence[str]) -> None:
@@ -201,7 +265,7 @@ def prepare_command(args: Sequence[str]) -> None:
 
 def _run_function(fn: Callable[..., None], args: Sequence[str], prog: str) -> None:
     parser = ArgumentParser(prog=f"python -m gpt2kit {prog}", description=(fn.__doc__ or "").split("\n")[0])
-    parser.add_function_arguments(fn, as_group=False)
+    parser.add_function_arguments(fn, as_group=False, as_positional=fn in POSITIONAL)
     cfg = parser.parse_args(list(args))
     fn(**{k: v for k, v in cfg.as_dict().items() if not k.startswith("__")})
 
@@ -210,7 +274,11 @@ COMMANDS: dict[str, Callable[..., None]] = {
     "list": list_command,
     "generate": generate_command,
     "prepare": prepare_command,
+    "import-hf": import_hf_command,
+    "export-hf": export_hf_command,
 }
+POSITIONAL = {import_hf_command, export_hf_command}
+"""Commands whose required arguments are positional (``import-hf HF_DIR OUT``)."""
 
 
 def _pop_plugins(argv: list[str]) -> list[str]:

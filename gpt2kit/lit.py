@@ -12,7 +12,7 @@ import functools
 import math
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import lightning as L
 import torch
@@ -25,6 +25,9 @@ from gpt2kit.errors import GPT2KitError
 from gpt2kit.model import GPT, AttentionFactory, HeadFactory, MLPFactory, NormFactory, PositionFactory
 from gpt2kit.nn import CausalSelfAttention, GeluMLP, LayerNorm, LearnedPosition, TiedLMHead
 from gpt2kit.tokenizers import Tokenizer
+
+if TYPE_CHECKING:
+    from gpt2kit.data.prompts import PromptBatch
 
 IGNORE_INDEX = -100
 """Target id that contributes no loss (padding, prompts, non-assistant chat turns)."""
@@ -93,6 +96,7 @@ class GPTLitModule(L.LightningModule):
         mlp: MLPFactory = GeluMLP,
         head: HeadFactory = TiedLMHead,
         optim: OptimConfig = OptimConfig(),
+        init_from: str | None = None,
     ) -> None:
         """
         Args:
@@ -103,6 +107,8 @@ class GPTLitModule(L.LightningModule):
             mlp: the feed-forward sub-layer of every block.
             head: the output head.
             optim: optimizer and learning-rate schedule.
+            init_from: a gpt2kit checkpoint (e.g. from ``import-hf``) whose weights and tokenizer the
+                model starts from (not its optimizer or step); its shapes must fit the settings above.
         """
         super().__init__()
         self.save_hyperparameters()
@@ -111,6 +117,8 @@ class GPTLitModule(L.LightningModule):
                 self.hparams[key] = component_spec(value)
             self.hparams["_instantiator"] = "lightning.pytorch.cli.instantiate_module"
         self.optim = optim
+        self.init_from = init_from
+        self._initialised = init_from is None
         self.model = GPT(arch, attention, position, norm, mlp, head)
         self.tokenizer: Tokenizer | None = None
         self.val_bytes_per_token: float | None = None  # from the data, for bits per byte
@@ -170,6 +178,33 @@ class GPTLitModule(L.LightningModule):
     def on_test_epoch_end(self) -> None:
         self.on_validation_epoch_end()
 
+    def predict_step(self, batch: PromptBatch, batch_idx: int) -> list[dict[str, Any]]:
+        """Complete a batch of text prompts (from :class:`~gpt2kit.data.PromptDataModule`)."""
+        from gpt2kit.generate import encode_prompt, generate
+
+        if self.tokenizer is None:
+            raise GPT2KitError(
+                "the model has no tokenizer to read prompts with: predict from a trained or imported "
+                "checkpoint (--ckpt_path PATH or --model.init_from PATH)"
+            )
+        sampling = batch.sampling
+        if sampling.seed is not None:  # a different, reproducible stream per batch
+            sampling = dataclasses.replace(sampling, seed=sampling.seed + batch_idx)
+        prompts = [encode_prompt(self.tokenizer, text) for text in batch.prompts]
+        completions = generate(self.model, prompts, sampling, self.tokenizer)
+        return [
+            {
+                "id": i,
+                "sample": n,
+                "prompt": text,
+                "completion": c.text,
+                "finish_reason": c.finish_reason,
+                "prompt_tokens": c.prompt_tokens,
+                "completion_tokens": len(c.tokens),
+            }
+            for i, n, text, c in zip(batch.ids, batch.samples, batch.prompts, completions, strict=True)
+        ]
+
     # -- optimizer --------------------------------------------------------------------------------------
     def param_groups(self) -> list[dict[str, Any]]:
         """AdamW groups: weight decay on matrices; none on biases, norms and embeddings."""
@@ -203,6 +238,8 @@ class GPTLitModule(L.LightningModule):
 
     # -- tokenizer travels with the checkpoint ----------------------------------------------------------
     def setup(self, stage: str) -> None:
+        if not self._initialised:  # once: a later stage must not undo training
+            self.load_initial_weights()
         datamodule = getattr(self.trainer, "datamodule", None)
         self.val_bytes_per_token = getattr(datamodule, "val_bytes_per_token", None)
         data_tok = getattr(datamodule, "tokenizer", None)
@@ -215,6 +252,19 @@ class GPTLitModule(L.LightningModule):
                 f"{self.model.config.vocab_size}: link model.arch.vocab_size to the data (the CLI does this)"
             )
         self.tokenizer = data_tok
+
+    def load_initial_weights(self) -> None:
+        """Load the weights and tokenizer of ``init_from`` (a --ckpt_path given to the run wins later)."""
+        from gpt2kit.checkpoint import load_weights, read_checkpoint
+
+        ckpt = read_checkpoint(self.init_from)
+        if "state_dict" not in ckpt:
+            raise GPT2KitError(
+                f"init_from={self.init_from} is not a gpt2kit checkpoint (it has no state_dict)"
+            )
+        load_weights(self, ckpt["state_dict"], source=f"init_from={self.init_from}")
+        self.on_load_checkpoint(ckpt)
+        self._initialised = True
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         from gpt2kit import __version__

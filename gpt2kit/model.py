@@ -78,6 +78,7 @@ class GPT(nn.Module):
         pos: Tensor | None = None,
         valid: Tensor | None = None,
         cache: list[KVCache] | None = None,
+        last_only: bool = False,
     ) -> Tensor:
         """Outputs of the head (logits (B, T, vocab) for a language model) for token ids (B, T).
 
@@ -86,6 +87,8 @@ class GPT(nn.Module):
             pos: absolute positions (B or 1, T); default: continue after what ``cache`` holds.
             valid: (B, T) bool, False on padding tokens.
             cache: one :class:`KVCache` per block (from :meth:`new_cache`) for incremental decoding.
+            last_only: apply the head to the last position only, (B, 1, vocab): all that sampling
+                needs, and for a long prompt most of the prefill's cost saved (vocab x C per position).
         """
         B, T = idx.shape
         if pos is None:
@@ -100,6 +103,8 @@ class GPT(nn.Module):
         x = self.drop(self.position.embed(self.wte(idx), pos))  # (B, T, C)
         for i, block in enumerate(self.blocks):
             x = block(x, self.position, pos, cache[i] if cache else None, valid)
+        if last_only:
+            x, valid = x[:, -1:], None if valid is None else valid[:, -1:]
         return self.head(self.ln_f(x), self.wte, valid)
 
     def resize_token_embeddings(self, vocab_size: int) -> None:
