@@ -46,6 +46,6 @@ def load_module(path: str | Path, map_location: str | torch.device = "cpu") -> G
         raise GPT2KitError(f"{path} is not a gpt2kit checkpoint (no state_dict / hyper_parameters)")
     hparams = {k: v for k, v in ckpt["hyper_parameters"].items() if k != "_instantiator"}
     module = instantiate_module(GPTLitModule, hparams)
+    module.on_load_checkpoint(ckpt)  # first, as Lightning does: it may complete an adapters-only state
     module.load_state_dict(ckpt["state_dict"])
-    module.on_load_checkpoint(ckpt)
     return module.to(map_location).eval()

@@ -20,8 +20,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
+from gpt2kit.callbacks import FineTuning, complete_checkpoint, keep_checkpoint_parameters
 from gpt2kit.config import GPTConfig
 from gpt2kit.errors import GPT2KitError
+from gpt2kit.finetune import FreezePolicy
 from gpt2kit.model import GPT, AttentionFactory, HeadFactory, MLPFactory, NormFactory, PositionFactory
 from gpt2kit.nn import CausalSelfAttention, GeluMLP, LayerNorm, LearnedPosition, TiedLMHead
 from gpt2kit.tokenizers import Tokenizer
@@ -78,6 +80,8 @@ def component_spec(value: Any) -> Any:
             return {**component_spec(cls), "init_args": dict(value.keywords)}
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return dataclasses.asdict(value)
+    if isinstance(value, FreezePolicy):
+        return value.spec()
     return value
 
 
@@ -93,6 +97,8 @@ class GPTLitModule(L.LightningModule):
         mlp: MLPFactory = GeluMLP,
         head: HeadFactory = TiedLMHead,
         optim: OptimConfig = OptimConfig(),
+        finetune: FreezePolicy | None = None,
+        init_from: str | None = None,
     ) -> None:
         """
         Args:
@@ -103,6 +109,10 @@ class GPTLitModule(L.LightningModule):
             mlp: the feed-forward sub-layer of every block.
             head: the output head.
             optim: optimizer and learning-rate schedule.
+            finetune: which parameters train, and at what share of the LR (LastNBlocks, LoRA, ...;
+                see gpt2kit.finetune); None: all, at the full LR.
+            init_from: a gpt2kit checkpoint whose weights (not optimizer state) the run starts from;
+                unlike --ckpt_path, which resumes a run, training starts at step 0.
         """
         super().__init__()
         self.save_hyperparameters()
@@ -112,6 +122,10 @@ class GPTLitModule(L.LightningModule):
             self.hparams["_instantiator"] = "lightning.pytorch.cli.instantiate_module"
         self.optim = optim
         self.model = GPT(arch, attention, position, norm, mlp, head)
+        self.finetune = finetune
+        self.init_from = init_from
+        if finetune is not None:
+            finetune.setup(self.model)  # adds adapters (LoRA) and freezes; init_from loads at setup()
         self.tokenizer: Tokenizer | None = None
         self.val_loss = MeanMetric()
         self._last_step_time: float | None = None
@@ -168,6 +182,8 @@ class GPTLitModule(L.LightningModule):
     # -- optimizer --------------------------------------------------------------------------------------
     def param_groups(self) -> list[dict[str, Any]]:
         """AdamW groups: weight decay on matrices; none on biases, norms and embeddings."""
+        if self.finetune is not None:  # only what the policy trains, each group at its own LR
+            return self.finetune.param_groups(self.model, self.optim.lr, self.optim.weight_decay)
         embeddings = {id(m.weight) for m in self.model.modules() if isinstance(m, nn.Embedding)}
         decay, no_decay = [], []
         for p in self.model.parameters():
@@ -219,8 +235,14 @@ class GPTLitModule(L.LightningModule):
 
         tokenizer = self.tokenizer.to_dict() if self.tokenizer is not None else None
         checkpoint["gpt2kit"] = {"version": __version__, "tokenizer": tokenizer}
+        keep_checkpoint_parameters(self, checkpoint)  # LoRA's save_adapters_only
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         saved = checkpoint.get("gpt2kit", {}).get("tokenizer")
         if saved is not None:
             self.tokenizer = Tokenizer.from_dict(saved)
+        complete_checkpoint(self, checkpoint)  # an adapters-only one gets its base weights from init_from
+
+    def configure_callbacks(self) -> list[L.Callback]:
+        """Fine-tuning's part of a run (init_from, freeze schedule, parameter table), when it is on."""
+        return [FineTuning()] if self.finetune is not None or self.init_from is not None else []
