@@ -2,5 +2,6 @@
 
 from gpt2kit.tokenizers.base import EOT, TOKENIZER, Tokenizer
 from gpt2kit.tokenizers.char import CharTokenizer
+from gpt2kit.tokenizers.from_checkpoint import CheckpointTokenizer
 
-__all__ = ["EOT", "TOKENIZER", "CharTokenizer", "Tokenizer"]
+__all__ = ["EOT", "TOKENIZER", "CharTokenizer", "CheckpointTokenizer", "Tokenizer"]
