@@ -1,14 +1,110 @@
-"""Lightning callbacks of gpt2kit."""
+"""Lightning callbacks of gpt2kit: fine-tuning (added by ``GPTLitModule.configure_callbacks``) and
+the JSONL writer of ``predict``."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import lightning as L
 from lightning.pytorch.callbacks import BasePredictionWriter
+from lightning.pytorch.utilities import rank_zero_info
+
+from gpt2kit.errors import GPT2KitError
+from gpt2kit.finetune import load_weights, model_parts, parameter_table, set_trainable
+
+if TYPE_CHECKING:
+    from gpt2kit.lit import GPTLitModule
+
+
+class FineTuning(L.Callback):
+    """Applies the module's ``init_from`` and ``finetune`` settings during a run.
+
+    * before any stage (``setup``): load the ``init_from`` weights and tokenizer, once — a resumed run
+      (``--ckpt_path``) then overwrites them with its own state, as Lightning restores after setup;
+    * at the start of fit: set the trainable parameters for the current step and log the table of
+      trainable vs frozen parameters per block;
+    * before each step, for a scheduled policy (gradual unfreezing): set the trainable parameters for
+      that step, logging each change.
+    """
+
+    def setup(self, trainer: L.Trainer, pl_module: GPTLitModule, stage: str) -> None:
+        load_init_weights(pl_module)
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: GPTLitModule) -> None:
+        policy = pl_module.finetune
+        if policy is None:
+            return
+        if policy.scheduled and trainer.world_size > 1:
+            raise GPT2KitError(
+                f"{policy!r} changes which parameters train during the run, which distributed training "
+                f"(world size {trainer.world_size}) does not follow: train on one device, or use a policy "
+                "whose trainable set is fixed (LastNBlocks, LayerwiseLRDecay, ...)"
+            )
+        set_trainable(pl_module.model, policy.trainable_at(pl_module.model, trainer.global_step))
+        rank_zero_info(
+            f"fine-tuning with {policy!r} from step {trainer.global_step}:\n"
+            + parameter_table(pl_module.model, policy)
+        )
+
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: GPTLitModule, batch: Any, batch_idx: int
+    ) -> None:
+        policy = pl_module.finetune
+        if policy is None or not policy.scheduled:
+            return
+        model, step = pl_module.model, trainer.global_step
+        wanted = policy.trainable_at(model, step)
+        now = {name for name, p in model.named_parameters() if p.requires_grad}
+        if wanted != now:
+            set_trainable(model, wanted)
+            joined = [part for part, names in model_parts(model) if names and set(names) <= wanted - now]
+            rank_zero_info(
+                f"step {step}: {type(policy).__name__} unfreezes {', '.join(joined) or 'parameters'}"
+            )
+
+
+def load_init_weights(module: GPTLitModule) -> None:
+    """Load ``module.init_from`` into the model (once); adopt its tokenizer if the module has none yet."""
+    if module.init_from is None or getattr(module, "_init_from_loaded", None) == module.init_from:
+        return
+    policy = module.finetune
+    adapters = policy.added_parameters(module.model) if policy is not None else set()
+    tokenizer = load_weights(module.model, module.init_from, adapters)
+    if module.tokenizer is None:
+        module.tokenizer = tokenizer
+    module._init_from_loaded = module.init_from
+
+
+def keep_checkpoint_parameters(module: GPTLitModule, checkpoint: dict[str, Any]) -> None:
+    """Drop from a checkpoint being saved what the policy does not store (LoRA's save_adapters_only)."""
+    keep = module.finetune.checkpoint_parameters(module.model) if module.finetune is not None else None
+    if keep is None:
+        return
+    keep = {f"model.{name}" for name in keep}
+    checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
+    checkpoint.setdefault("gpt2kit", {})["adapters_only"] = True
+
+
+def complete_checkpoint(module: GPTLitModule, checkpoint: dict[str, Any]) -> None:
+    """Before a checkpoint's state is loaded into the module: fill in what an adapters-only one lacks.
+
+    The base weights come from ``init_from``. Either way the module's weights are then the
+    checkpoint's, so a later ``setup`` does not load ``init_from`` over them.
+    """
+    if not checkpoint.get("gpt2kit", {}).get("adapters_only"):
+        module._init_from_loaded = module.init_from
+        return
+    if module.init_from is None:
+        raise GPT2KitError(
+            "this checkpoint holds LoRA adapters only and names no base (model.init_from): "
+            "set model.init_from to the checkpoint the adapters were trained on"
+        )
+    load_init_weights(module)
+    for key, value in module.state_dict().items():
+        checkpoint["state_dict"].setdefault(key, value)
 
 
 class JSONLWriter(BasePredictionWriter):

@@ -8,7 +8,7 @@ parser the CLI uses.
 from __future__ import annotations
 
 import pickle
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -49,20 +49,30 @@ def load_module(path: str | Path, map_location: str | torch.device = "cpu") -> G
         raise GPT2KitError(f"{path} is not a gpt2kit checkpoint (no state_dict / hyper_parameters)")
     hparams = {k: v for k, v in ckpt["hyper_parameters"].items() if k != "_instantiator"}
     module = instantiate_module(GPTLitModule, hparams)
+    module.on_load_checkpoint(ckpt)  # first, as Lightning does: it may complete an adapters-only state
     load_weights(module, ckpt["state_dict"], source=str(path))
-    module.on_load_checkpoint(ckpt)
     return module.to(map_location).eval()
 
 
-def load_weights(module: nn.Module, state: Mapping[str, Tensor], source: str) -> None:
-    """Copy ``state`` into ``module``, refusing (with the list) tensors whose names or shapes don't fit."""
+def load_weights(
+    module: nn.Module,
+    state: Mapping[str, Tensor],
+    source: str,
+    optional: Collection[str] = (),
+    fix: str = "use the model settings it was saved with",
+) -> None:
+    """Copy ``state`` into ``module``, refusing (with the list) tensors whose names or shapes don't fit.
+
+    ``optional`` names the module's tensors that ``state`` may lack (adapters a fine-tuning policy
+    added); they keep their values. ``fix`` ends the error message.
+    """
     own = module.state_dict()
     wrong = [
         f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}"
         for k, v in state.items()
         if k in own and v.shape != own[k].shape
     ]
-    missing = [k for k in own if k not in state]
+    missing = [k for k in own if k not in state and k not in optional]
     unexpected = [k for k in state if k not in own]
     if wrong or missing or unexpected:
         parts = [
@@ -76,9 +86,9 @@ def load_weights(module: nn.Module, state: Mapping[str, Tensor], source: str) ->
         ]
         raise GPT2KitError(
             f"the weights in {source} do not fit this model ({len(wrong)} mismatched, {len(missing)} missing, "
-            f"{len(unexpected)} unexpected tensors; {'; '.join(parts)}): use the model settings it was saved with"
+            f"{len(unexpected)} unexpected tensors; {'; '.join(parts)}): {fix}"
         )
-    module.load_state_dict(state)
+    module.load_state_dict(state, strict=not optional)
 
 
 def save_checkpoint(module: GPTLitModule, path: str | Path) -> Path:

@@ -20,8 +20,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
+from gpt2kit.callbacks import FineTuning, complete_checkpoint, keep_checkpoint_parameters
 from gpt2kit.config import GPTConfig
 from gpt2kit.errors import GPT2KitError
+from gpt2kit.finetune import FreezePolicy
 from gpt2kit.model import GPT, AttentionFactory, HeadFactory, MLPFactory, NormFactory, PositionFactory
 from gpt2kit.nn import CausalSelfAttention, GeluMLP, LayerNorm, LearnedPosition, TiedLMHead
 from gpt2kit.tokenizers import Tokenizer
@@ -81,6 +83,8 @@ def component_spec(value: Any) -> Any:
             return {**component_spec(cls), "init_args": dict(value.keywords)}
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return dataclasses.asdict(value)
+    if isinstance(value, FreezePolicy):
+        return value.spec()
     return value
 
 
@@ -96,6 +100,7 @@ class GPTLitModule(L.LightningModule):
         mlp: MLPFactory = GeluMLP,
         head: HeadFactory = TiedLMHead,
         optim: OptimConfig = OptimConfig(),
+        finetune: FreezePolicy | None = None,
         init_from: str | None = None,
     ) -> None:
         """
@@ -107,8 +112,10 @@ class GPTLitModule(L.LightningModule):
             mlp: the feed-forward sub-layer of every block.
             head: the output head.
             optim: optimizer and learning-rate schedule.
-            init_from: a gpt2kit checkpoint (e.g. from ``import-hf``) whose weights and tokenizer the
-                model starts from (not its optimizer or step); its shapes must fit the settings above.
+            finetune: which parameters train, and at what share of the LR (LastNBlocks, LoRA, ...;
+                see gpt2kit.finetune); None: all, at the full LR.
+            init_from: a gpt2kit checkpoint whose weights (not optimizer state) the run starts from;
+                unlike --ckpt_path, which resumes a run, training starts at step 0.
         """
         super().__init__()
         self.save_hyperparameters()
@@ -117,9 +124,11 @@ class GPTLitModule(L.LightningModule):
                 self.hparams[key] = component_spec(value)
             self.hparams["_instantiator"] = "lightning.pytorch.cli.instantiate_module"
         self.optim = optim
-        self.init_from = init_from
-        self._initialised = init_from is None
         self.model = GPT(arch, attention, position, norm, mlp, head)
+        self.finetune = finetune
+        self.init_from = init_from
+        if finetune is not None:
+            finetune.setup(self.model)  # adds adapters (LoRA) and freezes; init_from loads at setup()
         self.tokenizer: Tokenizer | None = None
         self.val_bytes_per_token: float | None = None  # from the data, for bits per byte
         self.val_loss = MeanMetric()
@@ -208,6 +217,8 @@ class GPTLitModule(L.LightningModule):
     # -- optimizer --------------------------------------------------------------------------------------
     def param_groups(self) -> list[dict[str, Any]]:
         """AdamW groups: weight decay on matrices; none on biases, norms and embeddings."""
+        if self.finetune is not None:  # only what the policy trains, each group at its own LR
+            return self.finetune.param_groups(self.model, self.optim.lr, self.optim.weight_decay)
         embeddings = {id(m.weight) for m in self.model.modules() if isinstance(m, nn.Embedding)}
         decay, no_decay = [], []
         for p in self.model.parameters():
@@ -238,8 +249,6 @@ class GPTLitModule(L.LightningModule):
 
     # -- tokenizer travels with the checkpoint ----------------------------------------------------------
     def setup(self, stage: str) -> None:
-        if not self._initialised:  # once: a later stage must not undo training
-            self.load_initial_weights()
         datamodule = getattr(self.trainer, "datamodule", None)
         self.val_bytes_per_token = getattr(datamodule, "val_bytes_per_token", None)
         data_tok = getattr(datamodule, "tokenizer", None)
@@ -253,24 +262,12 @@ class GPTLitModule(L.LightningModule):
             )
         self.tokenizer = data_tok
 
-    def load_initial_weights(self) -> None:
-        """Load the weights and tokenizer of ``init_from`` (a --ckpt_path given to the run wins later)."""
-        from gpt2kit.checkpoint import load_weights, read_checkpoint
-
-        ckpt = read_checkpoint(self.init_from)
-        if "state_dict" not in ckpt:
-            raise GPT2KitError(
-                f"init_from={self.init_from} is not a gpt2kit checkpoint (it has no state_dict)"
-            )
-        load_weights(self, ckpt["state_dict"], source=f"init_from={self.init_from}")
-        self.on_load_checkpoint(ckpt)
-        self._initialised = True
-
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         from gpt2kit import __version__
 
         tokenizer = self.tokenizer.to_dict() if self.tokenizer is not None else None
         checkpoint["gpt2kit"] = {"version": __version__, "tokenizer": tokenizer}
+        keep_checkpoint_parameters(self, checkpoint)  # LoRA's save_adapters_only
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         saved = checkpoint.get("gpt2kit", {}).get("tokenizer")
@@ -279,6 +276,11 @@ class GPTLitModule(L.LightningModule):
             # Resuming or validating with --ckpt_path: setup() ran before the checkpoint was read.
             datamodule = getattr(getattr(self, "_trainer", None), "datamodule", None)
             _check_same_tokenizer(self.tokenizer, getattr(datamodule, "tokenizer", None))
+        complete_checkpoint(self, checkpoint)  # an adapters-only one gets its base weights from init_from
+
+    def configure_callbacks(self) -> list[L.Callback]:
+        """Fine-tuning's part of a run (init_from, freeze schedule, parameter table), when it is on."""
+        return [FineTuning()] if self.finetune is not None or self.init_from is not None else []
 
 
 def _check_same_tokenizer(model_tok: Tokenizer | None, data_tok: Tokenizer | None) -> None:

@@ -3,6 +3,7 @@
 from gpt2kit.tokenizers.base import EOT, TOKENIZER, Tokenizer
 from gpt2kit.tokenizers.bpe import ByteLevelBPETokenizer
 from gpt2kit.tokenizers.char import CharTokenizer
+from gpt2kit.tokenizers.from_checkpoint import CheckpointTokenizer
 from gpt2kit.tokenizers.gpt2 import GPT2Tokenizer
 from gpt2kit.tokenizers.hf import HFTokenizer
 
@@ -11,6 +12,7 @@ __all__ = [
     "TOKENIZER",
     "ByteLevelBPETokenizer",
     "CharTokenizer",
+    "CheckpointTokenizer",
     "GPT2Tokenizer",
     "HFTokenizer",
     "Tokenizer",
