@@ -155,10 +155,11 @@ class GPTLitModule(L.LightningModule):
             tokens_per_sec = batch[0].numel() * self.trainer.world_size / (now - self._last_step_time)
             self.log("tokens_per_sec", tokens_per_sec)
             if self._peak:
-                flops = self._flops_per_token.setdefault(
-                    batch[0].shape[1], perf.flops_per_token(self.model, batch[0].shape[1])
-                )
-                self.log("mfu", tokens_per_sec * flops / (self._peak * self.trainer.world_size))
+                T = batch[0].shape[1]
+                if T not in self._flops_per_token:
+                    self._flops_per_token[T] = perf.flops_per_token(self.model, T)
+                mfu = tokens_per_sec * self._flops_per_token[T] / (self._peak * self.trainer.world_size)
+                self.log("mfu", mfu)
         self._last_step_time = now
         return loss
 
