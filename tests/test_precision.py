@@ -124,11 +124,21 @@ def test_too_many_devices_on_the_command_line_is_one_line():
 # -- CUDA (run with `pytest -m gpu` where there is one) -----------------------------------------------------------------
 
 
+@pytest.fixture
+def local_data(tmp_path):
+    """Text written here: a GPU machine may be offline, with no corpus to fetch."""
+    (tmp_path / "text.txt").write_text("".join(chr(97 + (i * 7919) % 26) for i in range(200_000)))
+    return TextDataModule(
+        str(tmp_path / "text.txt"), block_size=32, batch_size=8, cache=str(tmp_path / "prep")
+    )
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("precision", ["bf16-mixed", "16-mixed"])
 @pytest.mark.parametrize("compile", [False, True])
-def test_mixed_precision_and_compile_on_cuda(data, precision, compile):
+def test_mixed_precision_and_compile_on_cuda(local_data, precision, compile):
+    data = local_data
     L.seed_everything(0)
     module = GPTLitModule(preset("nano", vocab_size=65), compile=compile)
     trainer = _fit(module, data, steps=6, accelerator="gpu", devices=1, precision=precision)
