@@ -254,13 +254,18 @@ class GPTLitModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # -- speed: compile, MFU --------------------------------------------------------------------------------
+    def _sharded(self) -> bool:
+        from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
+
+        return self._trainer is not None and isinstance(
+            self.trainer.strategy, FSDPStrategy | ModelParallelStrategy
+        )
+
     def configure_model(self) -> None:
         if self.compile and not self._compiled:
-            from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
-
-            sharded = isinstance(self.trainer.strategy, FSDPStrategy | ModelParallelStrategy)
             # In place (Module.compile): parameter names, hence checkpoints, stay those of the eager model.
-            for module in self.model.blocks if sharded else [self.model]:
+            # Sharded: block by block, so that FSDP's hooks between blocks stay outside the graphs.
+            for module in self.model.blocks if self._sharded() else [self.model]:
                 module.compile()
             self._compiled = True
 
@@ -308,10 +313,13 @@ class GPTLitModule(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         source = f"checkpoint {self._trainer.ckpt_path}" if self._trainer is not None else "the checkpoint"
-        if "hyper_parameters" in checkpoint and "state_dict" in checkpoint:
+        if "hyper_parameters" in checkpoint:
             current = {k: component_spec(v) for k, v in self.hparams.items()}
             problems = resume.architecture_mismatch(
-                checkpoint["hyper_parameters"], current, checkpoint["state_dict"], self.state_dict()
+                checkpoint["hyper_parameters"],
+                current,
+                checkpoint.get("state_dict"),
+                None if self._sharded() else self.state_dict,  # a sharded model's state_dict is a collective
             )
             if problems:
                 raise GPT2KitError(
@@ -328,4 +336,5 @@ class GPTLitModule(L.LightningModule):
                     "checkpoint's tokenizer, or start a new run without --ckpt_path"
                 )
             self.tokenizer = saved_tok
-        self._rng_to_restore = checkpoint.get("gpt2kit", {}).get("rng")
+        if self._trainer is not None:  # resuming a fit (not load_module): continue its random stream
+            self._rng_to_restore = checkpoint.get("gpt2kit", {}).get("rng")

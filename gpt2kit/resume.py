@@ -24,6 +24,7 @@ import inspect
 import os
 import pydoc
 import random
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -147,12 +148,17 @@ def _normalized(spec: Any) -> Any:
 
 
 def architecture_mismatch(
-    saved: dict[str, Any], current: dict[str, Any], saved_state: dict[str, Any], current_state: dict[str, Any]
+    saved: dict[str, Any],
+    current: dict[str, Any],
+    saved_state: dict[str, Any] | None = None,
+    current_state: Callable[[], dict[str, Any]] | None = None,
 ) -> list[str]:
     """Differences that make a checkpoint's weights unusable for a model: sizes, components, tensor shapes.
 
-    ``saved`` / ``current`` are hyperparameters (recipe-style specs, see ``gpt2kit.lit.component_spec``),
-    ``*_state`` state dicts. Returns ``"name: checkpoint X, here Y"`` items; empty when the weights fit.
+    ``saved`` / ``current`` are hyperparameters (recipe-style specs, see ``gpt2kit.lit.component_spec``);
+    when they agree, the tensor shapes of ``saved_state`` are compared with those of ``current_state()``
+    (called only then; None skips it, e.g. for sharded models). Returns ``"name: checkpoint X, here Y"``
+    items; empty when the weights fit.
     """
     problems = []
     saved_arch, current_arch = saved.get("arch") or {}, current.get("arch") or {}
@@ -162,9 +168,10 @@ def architecture_mismatch(
     for key in ARCHITECTURE_KEYS:
         if key in saved and key in current and _normalized(saved[key]) != _normalized(current[key]):
             problems.append(f"{key}: checkpoint {_describe(saved[key])}, here {_describe(current[key])}")
-    if not problems:  # same recipe but the tensors still differ (e.g. a plugin changed): name them
-        for name in sorted(set(saved_state) | set(current_state)):
-            a, b = saved_state.get(name), current_state.get(name)
+    if not problems and saved_state is not None and current_state is not None:
+        here = current_state()  # same recipe, yet the tensors may differ (e.g. a plugin changed): name them
+        for name in sorted(set(saved_state) | set(here)):
+            a, b = saved_state.get(name), here.get(name)
             if a is None or b is None:
                 problems.append(
                     f"{name}: {'missing from the checkpoint' if a is None else 'not in this model'}"
