@@ -6,7 +6,8 @@ The 6-layer, 6-head, 384-wide model with 256-token windows (nanoGPT's Shakespear
 Shakespeare, side by side in one run: a plain PyTorch loop over the same model, data, AdamW groups,
 LR schedule and clipping, in fp32 and under bf16 autocast; and gpt2kit (Lightning) in fp32,
 ``bf16-mixed`` and ``bf16-mixed`` with ``compile``. Each row is the median tokens/s of ``--repeats``
-short runs (first ``--warmup`` steps excluded: allocation, compilation); runs alternate between rows.
+short runs (first ``--warmup`` steps excluded: allocation, compilation), the rows in a shuffled order
+each round.
 MFU is against the matmul peak measured in the row's dtype (gpt2kit.perf).
 
 Quality: the same seed trained ``--quality-steps`` steps in fp32 and in bf16-mixed, then the loss on
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import random
 import statistics
 import time
 
@@ -142,8 +144,11 @@ def main() -> None:
         print("this CPU has no native bf16: bf16 rows skipped\n")
 
     results: dict[str, list[float]] = {name: [] for name in rows}
-    for _ in range(args.repeats):
-        for name, (fn, kw, _dtype) in rows.items():
+    order = list(rows)
+    for r in range(args.repeats):
+        random.Random(r).shuffle(order)  # a shared machine's load drifts: no row always goes first
+        for name in order:
+            fn, kw, _dtype = rows[name]
             results[name].append(fn(args.steps, args.warmup, args.batch_size, **kw))
 
     module, _ = make(args.batch_size)
