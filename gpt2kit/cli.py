@@ -22,6 +22,7 @@ from typing import Any, Literal, NoReturn
 
 from jsonargparse import ArgumentParser
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from gpt2kit.errors import GPT2KitError
 from gpt2kit.registry import kinds, list_components, load_plugins, registry
@@ -65,12 +66,38 @@ class GPT2KitArgumentParser(LightningArgumentParser):
 
 
 class GPT2KitCLI(LightningCLI):
-    """LightningCLI wired for gpt2kit: the data decides vocab_size, the model decides block_size."""
+    """LightningCLI wired for gpt2kit: the data decides vocab_size, the model decides block_size.
+
+    The Trainer's hardware flags are checked first (one-line errors, :mod:`gpt2kit.hardware`), and its
+    checkpoints are written atomically (:class:`gpt2kit.resume.AtomicCheckpointIO`) unless the recipe
+    brings its own CheckpointIO.
+    """
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("model.arch.block_size", "data.init_args.block_size")
         # Only data that has a tokenizer decides vocab_size: prompts for `predict` keep the checkpoint's.
         parser.link_arguments("data.vocab_size", "model.arch.vocab_size", apply_on="instantiate")
+
+    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Any]) -> Any:
+        from lightning.pytorch.plugins.io import CheckpointIO
+
+        from gpt2kit.hardware import check_trainer_flags
+        from gpt2kit.resume import AtomicCheckpointIO
+
+        check_trainer_flags(
+            *(config.get(k, "auto") for k in ("accelerator", "devices", "strategy")), config.get("precision")
+        )
+        plugins = config.get("plugins") or []
+        plugins = list(plugins) if isinstance(plugins, list | tuple) else [plugins]
+        if not any(isinstance(p, CheckpointIO) for p in plugins):
+            config["plugins"] = [*plugins, AtomicCheckpointIO()]
+        try:
+            return super()._instantiate_trainer(config, callbacks)
+        except GPT2KitError:
+            raise
+        except (MisconfigurationException, ValueError) as exc:  # Lightning's own checks, on one line
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise GPT2KitError(f"trainer settings: {first}") from None
 
 
 def lightning_main(args: Sequence[str] | None = None, run: bool = True) -> GPT2KitCLI:

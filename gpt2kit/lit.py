@@ -10,16 +10,19 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import os
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
+from gpt2kit import perf, resume
 from gpt2kit.callbacks import FineTuning, complete_checkpoint, keep_checkpoint_parameters
 from gpt2kit.config import GPTConfig
 from gpt2kit.errors import GPT2KitError
@@ -102,6 +105,9 @@ class GPTLitModule(L.LightningModule):
         optim: OptimConfig = OptimConfig(),
         finetune: FreezePolicy | None = None,
         init_from: str | None = None,
+        compile: bool = False,
+        on_nonfinite: Literal["stop", "skip"] = "stop",
+        peak_flops: float | None = None,
     ) -> None:
         """
         Args:
@@ -116,6 +122,11 @@ class GPTLitModule(L.LightningModule):
                 see gpt2kit.finetune); None: all, at the full LR.
             init_from: a gpt2kit checkpoint whose weights (not optimizer state) the run starts from;
                 unlike --ckpt_path, which resumes a run, training starts at step 0.
+            compile: torch.compile the model when training starts (the whole model; each block under FSDP).
+            on_nonfinite: what a NaN/inf training loss does: stop (an error naming the step, before the
+                weights change) or skip (drop that optimizer step, with a warning).
+            peak_flops: FLOP/s of one device for the logged MFU; None: measured once (a large matmul in the
+                training dtype).
         """
         super().__init__()
         self.save_hyperparameters()
@@ -133,6 +144,12 @@ class GPTLitModule(L.LightningModule):
         self.val_bytes_per_token: float | None = None  # from the data, for bits per byte
         self.val_loss = MeanMetric()
         self._last_step_time: float | None = None
+        self.compile, self.on_nonfinite, self.peak_flops = compile, on_nonfinite, peak_flops
+        self._compiled = False
+        self._skip_step = False  # the current optimizer step's gradients came from a non-finite loss
+        self._rng_to_restore: dict[str, Any] | None = None
+        self._flops_per_token: dict[int, float] = {}  # by sequence length
+        self._peak: float | None = None
 
     def forward(self, idx: Tensor, **kwargs: Any) -> Tensor:
         return self.model(idx, **kwargs)
@@ -147,13 +164,52 @@ class GPTLitModule(L.LightningModule):
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         loss, _ = self.loss(batch)
-        self.log("train_loss", loss, prog_bar=True)
+        if self.trainer.strategy.reduce_boolean_decision(not torch.isfinite(loss).item(), all=False):
+            self._nonfinite_loss(loss, batch_idx)  # every rank takes the same branch
+        self.log("train_loss", loss, prog_bar=True, sync_dist=True)  # the global batch's loss under DDP
         now = time.perf_counter()
         if self._last_step_time is not None:
-            tokens = batch[0].numel() * self.trainer.world_size * self.trainer.accumulate_grad_batches
-            self.log("tokens_per_sec", tokens / (now - self._last_step_time))
+            # one training_step per micro-batch on every rank: the interval covers this many tokens
+            tokens_per_sec = batch[0].numel() * self.trainer.world_size / (now - self._last_step_time)
+            self.log("tokens_per_sec", tokens_per_sec)
+            if self._peak:
+                T = batch[0].shape[1]
+                if T not in self._flops_per_token:
+                    self._flops_per_token[T] = perf.flops_per_token(self.model, T)
+                mfu = tokens_per_sec * self._flops_per_token[T] / (self._peak * self.trainer.world_size)
+                self.log("mfu", mfu)
         self._last_step_time = now
         return loss
+
+    def _nonfinite_loss(self, loss: Tensor, batch_idx: int) -> None:
+        where = f"at step {self.trainer.global_step} (epoch {self.current_epoch}, batch {batch_idx})"
+        if self.on_nonfinite == "skip":
+            rank_zero_warn(
+                f"non-finite training loss {where}: skipping this optimizer step (on_nonfinite=skip)"
+            )
+            self._skip_step = True  # backward still runs (DDP expects it); the gradients are dropped
+            return
+        raise GPT2KitError(
+            f"non-finite training loss {where}, stopped before it changed the weights; last good checkpoint: "
+            f"{self._last_checkpoint() or 'none saved yet'}: resume from it with a lower model.optim.lr or "
+            "longer warmup, or set --model.on_nonfinite skip to drop such batches"
+        )
+
+    def _last_checkpoint(self) -> str | None:
+        paths = [
+            p
+            for cb in self.trainer.checkpoint_callbacks
+            for p in (getattr(cb, "last_model_path", ""), getattr(cb, "best_model_path", ""))
+            if p and os.path.isfile(p)
+        ]
+        return max(paths, key=os.path.getmtime) if paths else None
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        if self._skip_step:  # AdamW leaves parameters without a gradient untouched (moments included)
+            for group in optimizer.param_groups:
+                for p in group["params"]:
+                    p.grad = None
+            self._skip_step = False
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         if self.trainer.lr_scheduler_configs:
@@ -164,7 +220,8 @@ class GPTLitModule(L.LightningModule):
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         loss, n = self.loss(batch)
-        self.val_loss.update(loss, weight=n)
+        if n > 0:  # a batch of padding (evening out the ranks' shards) has no targets and a NaN mean
+            self.val_loss.update(loss, weight=n)
 
     def on_validation_epoch_end(self) -> None:
         loss = self.val_loss.compute()
@@ -247,6 +304,33 @@ class GPTLitModule(L.LightningModule):
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
+    # -- speed: compile, MFU --------------------------------------------------------------------------------
+    def _sharded(self) -> bool:
+        from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
+
+        return self._trainer is not None and isinstance(
+            self.trainer.strategy, FSDPStrategy | ModelParallelStrategy
+        )
+
+    def configure_model(self) -> None:
+        if self.compile and not self._compiled:
+            # In place (Module.compile): parameter names, hence checkpoints, stay those of the eager model.
+            # Sharded: block by block, so that FSDP's hooks between blocks stay outside the graphs.
+            for module in self.model.blocks if self._sharded() else [self.model]:
+                module.compile()
+            self._compiled = True
+
+    def on_train_start(self) -> None:
+        if (
+            self._rng_to_restore is not None
+        ):  # after sanity validation and loader setup, before the first step
+            resume.set_rng_state(self._rng_to_restore)
+            self._rng_to_restore = None
+        if self._peak is None:
+            self._peak = self.peak_flops or perf.measure_peak_flops(
+                self.device, perf.precision_dtype(self.trainer.precision)
+            )
+
     # -- tokenizer travels with the checkpoint ----------------------------------------------------------
     def setup(self, stage: str) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
@@ -265,18 +349,47 @@ class GPTLitModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         from gpt2kit import __version__
 
+        bad = not all(torch.isfinite(p).all() for p in self.parameters())
+        if self._trainer is not None and self.trainer.strategy.reduce_boolean_decision(bad, all=False):
+            raise GPT2KitError(
+                f"the weights are not finite at step {self.trainer.global_step}: not saving them over the last "
+                f"good checkpoint ({self._last_checkpoint() or 'none saved yet'}); resume from it with a lower "
+                "model.optim.lr"
+            )
         tokenizer = self.tokenizer.to_dict() if self.tokenizer is not None else None
-        checkpoint["gpt2kit"] = {"version": __version__, "tokenizer": tokenizer}
+        checkpoint["gpt2kit"] = {"version": __version__, "tokenizer": tokenizer, "rng": resume.rng_state()}
         keep_checkpoint_parameters(self, checkpoint)  # LoRA's save_adapters_only
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        source = f"checkpoint {self._trainer.ckpt_path}" if self._trainer is not None else "the checkpoint"
+        complete_checkpoint(self, checkpoint)  # an adapters-only one gets its base weights from init_from
+        # The tokenizer first: another one is the likely cause of any size mismatch below.
         saved = checkpoint.get("gpt2kit", {}).get("tokenizer")
         if saved is not None:
-            self.tokenizer = Tokenizer.from_dict(saved)
-            # Resuming or validating with --ckpt_path: setup() ran before the checkpoint was read.
-            datamodule = getattr(getattr(self, "_trainer", None), "datamodule", None)
-            _check_same_tokenizer(self.tokenizer, getattr(datamodule, "tokenizer", None))
-        complete_checkpoint(self, checkpoint)  # an adapters-only one gets its base weights from init_from
+            saved_tok = Tokenizer.from_dict(saved)
+            if self.tokenizer is not None and saved_tok != self.tokenizer:
+                raise GPT2KitError(
+                    f"{source} was trained with another tokenizer ({saved_tok!r}, {saved_tok.fingerprint()}) than "
+                    f"the data's ({self.tokenizer!r}, {self.tokenizer.fingerprint()}): prepare the data with the "
+                    "checkpoint's tokenizer, or start a new run without --ckpt_path"
+                )
+        if "hyper_parameters" in checkpoint:
+            current = {k: component_spec(v) for k, v in self.hparams.items()}
+            problems = resume.architecture_mismatch(
+                checkpoint["hyper_parameters"],
+                current,
+                checkpoint.get("state_dict"),
+                None if self._sharded() else self.state_dict,  # a sharded model's state_dict is a collective
+            )
+            if problems:
+                raise GPT2KitError(
+                    f"{source} was trained with a different model ({'; '.join(problems)}): resume with the "
+                    "checkpoint's model settings (its run's config.yaml), or start a new run without --ckpt_path"
+                )
+        if saved is not None:
+            self.tokenizer = saved_tok
+        if self._trainer is not None:  # resuming a fit (not load_module): continue its random stream
+            self._rng_to_restore = checkpoint.get("gpt2kit", {}).get("rng")
 
     def configure_callbacks(self) -> list[L.Callback]:
         """Fine-tuning's part of a run (init_from, freeze schedule, parameter table), when it is on."""

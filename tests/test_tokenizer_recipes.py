@@ -111,8 +111,8 @@ def test_checkpoint_with_another_tokenizer_is_refused(runs, capsys, tmp_path, mo
     code = gpt2kit("validate", "--config", char_recipe, *TINY, "--ckpt_path", str(bpe_ckpt))
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert code == 1 and len(errors) == 1
-    assert "the model's tokenizer (ByteLevelBPETokenizer(vocab_size=2048)" in errors[0]
-    assert "differs from the data's (CharTokenizer(vocab_size=65)" in errors[0]
+    assert "was trained with another tokenizer (ByteLevelBPETokenizer(vocab_size=2048)" in errors[0]
+    assert "than the data's (CharTokenizer(vocab_size=65)" in errors[0]
 
 
 def test_prepare_command_prepares_alone(capsys, tmp_path, monkeypatch):

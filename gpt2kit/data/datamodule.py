@@ -1,7 +1,9 @@
 """The pretraining DataModule: prepared token shards served as (input, target) windows.
 
-Training samples random windows, as nanoGPT does; validation uses a fixed, evenly spaced set of
-windows, so a validation loss is comparable across runs and checkpoints.
+Training samples random windows, as nanoGPT does, from a stateless sampler that resumes mid-epoch
+and shards across ranks (:mod:`gpt2kit.data.sampler`); validation uses a fixed, evenly spaced set of
+windows, so a validation loss is comparable across runs and checkpoints, and covered once in total
+however many ranks share it.
 """
 
 from __future__ import annotations
@@ -12,14 +14,17 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, RandomSampler
+from torch.utils.data import DataLoader, Dataset
 
 from gpt2kit.data.prepare import Prepared, prepare
+from gpt2kit.data.sampler import PAD, EvalSampler, RandomWindowSampler, ResumableDataLoader
 from gpt2kit.data.sources import TextSource, cache_dir
 from gpt2kit.errors import GPT2KitError
 from gpt2kit.tokenizers import CharTokenizer, Tokenizer
 
 log = logging.getLogger(__name__)
+
+IGNORE_INDEX = -100  # a target that contributes no loss (torch's cross_entropy default, gpt2kit.lit's too)
 
 
 class WindowDataset(Dataset):
@@ -38,6 +43,10 @@ class WindowDataset(Dataset):
         return len(self.offsets) if self.offsets is not None else self.n_offsets
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if i == PAD:  # evens out the ranks' evaluation shards; counts for nothing
+            return torch.zeros(self.block_size, dtype=torch.long), torch.full(
+                (self.block_size,), IGNORE_INDEX
+            )
         if self._data is None:
             self._data = np.memmap(self.path, dtype=self.dtype, mode="r")
         start = int(self.offsets[i]) if self.offsets is not None else i
@@ -73,7 +82,7 @@ class TextDataModule(L.LightningDataModule):
                 each document when there are few (see :mod:`gpt2kit.data.prepare`).
             val_max_windows: cap on the number of fixed validation windows (evenly spaced); None: all.
             num_workers: DataLoader worker processes.
-            seed: seed of the random training windows.
+            seed: seed of the random training windows (a pure function of seed, epoch and sample index).
             cache: folder for prepared shards (default: $GPT2KIT_CACHE/prepared).
             field: the key of each JSON line that holds its text (``*.jsonl`` sources).
         """
@@ -143,28 +152,51 @@ class TextDataModule(L.LightningDataModule):
             offsets = offsets[keep]
         return offsets
 
-    def _loader(self, dataset: Dataset, **kwargs) -> DataLoader:
-        return DataLoader(
+    def _ranks(self) -> tuple[int, int]:
+        """(world size, this process's rank): how many share the data, and which share is this one's."""
+        trainer = self.trainer
+        return (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+
+    def _loader(self, dataset: Dataset, cls: type[DataLoader] = DataLoader, **kwargs) -> DataLoader:
+        return cls(
             dataset,
             batch_size=self.batch_size,
             num_workers=self.num_workers,
             pin_memory=torch.cuda.is_available(),
             persistent_workers=self.num_workers > 0,
+            # its own generator (worker seeds): iterating never draws from the global RNG, so a resumed
+            # run, which iterates its loaders a different number of times, keeps the same global RNG stream
+            generator=torch.Generator().manual_seed(self.seed),
             **kwargs,
         )
 
     def train_dataloader(self) -> DataLoader:
         dataset = self._dataset("train")
-        # An "epoch" draws as many random windows as the split has tokens / block_size.
-        sampler = RandomSampler(
+        world, rank = self._ranks()
+        # An "epoch" draws as many random windows as the split has tokens / block_size (all ranks together).
+        sampler = RandomWindowSampler(
             dataset,
-            num_samples=max(1, dataset.n_offsets // self.block_size),
-            generator=torch.Generator().manual_seed(self.seed),
+            n_offsets=dataset.n_offsets,
+            samples_per_epoch=max(1, dataset.n_offsets // self.block_size),
+            seed=self.seed,
+            num_replicas=world,
+            rank=rank,
         )
-        return self._loader(dataset, sampler=sampler, drop_last=True)
+        if len(sampler) < self.batch_size:
+            raise GPT2KitError(
+                f"an epoch has {len(sampler)} training windows per rank, fewer than batch_size={self.batch_size}: "
+                "lower batch_size or the number of devices, or add text"
+            )
+        loader = self._loader(dataset, ResumableDataLoader, sampler=sampler, drop_last=True)
+        trainer = self.trainer
+        if trainer is not None:  # resume after the batches Lightning trained on, not those it prefetched
+            loader.batches_done = lambda: trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        return loader
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self._dataset("val", self.val_offsets()), shuffle=False)
+        dataset = self._dataset("val", self.val_offsets())
+        world, rank = self._ranks()
+        return self._loader(dataset, sampler=EvalSampler(dataset, num_replicas=world, rank=rank))
 
     def test_dataloader(self) -> DataLoader:
         return self.val_dataloader()

@@ -101,4 +101,3 @@ class CheckpointTokenizer(Tokenizer):
 
     def __repr__(self) -> str:
         return f"CheckpointTokenizer({self.path!r}: {self.inner!r})"
-
