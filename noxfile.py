@@ -13,7 +13,7 @@ VENV = {"venv_params": ["--system-site-packages"]}
 @nox.session(**VENV)
 def tests(session: nox.Session) -> None:
     session.install("-e", ".[dev,hf]")
-    session.run("pytest", "-q", *session.posargs)
+    session.run("pytest", "-q", "-n", "auto", *session.posargs)
 
 
 @nox.session(**VENV)

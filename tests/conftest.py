@@ -6,10 +6,20 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = REPO / "recipes"
-SHARED_DATA = REPO.parent / "shared" / "data"
+# ../shared/data beside the checkout (or beside a folder above it, for git worktrees)
+SHARED_DATA = next(
+    (p / "shared" / "data" for p in REPO.parents if (p / "shared" / "data").is_dir()),
+    REPO.parent / "shared" / "data",
+)
+
+# Tiny models gain nothing from several threads, and threads fighting over 2 cores (or over pytest-xdist
+# workers) can slow them down many times; subprocesses (the CLI tests) inherit the setting.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 # Dotted overrides that shrink any pretraining recipe to a few fast steps.
 TINY = [

@@ -64,15 +64,6 @@ POSITIONS = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny models are dominated by threading overhead, and the machine's cores are shared.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def gpt(attention=CausalSelfAttention, position=LearnedPosition, **kwargs):
     config = kwargs.pop("config", None) or tiny_config()
     return partial(GPT, config, attention=attention, position=position, **kwargs)

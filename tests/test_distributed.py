@@ -8,7 +8,6 @@ import subprocess
 import sys
 
 import pytest
-import torch
 from conftest import RECIPES
 
 from gpt2kit.cli import lightning_main
@@ -94,9 +93,4 @@ def test_ddp_two_processes_match_one_and_resume(tmp_path, monkeypatch):
 
 
 def _in_process(args: list[str]) -> None:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny model, shared CPU: one thread is faster than two fighting
-    try:
-        lightning_main(args)
-    finally:
-        torch.set_num_threads(threads)
+    lightning_main(args)

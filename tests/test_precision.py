@@ -20,14 +20,6 @@ SHAKESPEARE = str(RECIPES / "pretrain" / "shakespeare-char.yaml")
 
 
 @pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture
 def data():
     return TextDataModule("tinyshakespeare", block_size=32, batch_size=8, val_max_windows=16)
 
@@ -42,7 +34,7 @@ def _fit(module, data, steps=4, **kw):
 
 
 @pytest.mark.skipif(not hardware.native_bf16("cpu"), reason="this CPU has no native bf16")
-def test_bf16_mixed_on_cpu_trains_and_logs_tokens_per_sec_and_mfu(data, one_thread):
+def test_bf16_mixed_on_cpu_trains_and_logs_tokens_per_sec_and_mfu(data):
     L.seed_everything(0)
     trainer = _fit(GPTLitModule(preset("nano", vocab_size=65)), data, precision="bf16-mixed")
     m = trainer.callback_metrics
@@ -64,7 +56,7 @@ def test_flops_per_token_is_nanogpts_estimate_for_gpt2():
 
 
 @pytest.mark.slow
-def test_compile_keeps_parameter_names_so_checkpoints_load_uncompiled(tmp_path, data, one_thread):
+def test_compile_keeps_parameter_names_so_checkpoints_load_uncompiled(tmp_path, data):
     L.seed_everything(0)
     module = GPTLitModule(preset("nano", vocab_size=65), compile=True)
     eager_keys = list(module.state_dict())

@@ -44,15 +44,6 @@ trainer:
 """
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny models on a shared 2-core machine: one thread is many times faster than two fighting."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _run_dir(tmp_path, name):
     path = tmp_path / name
     path.mkdir()
@@ -65,7 +56,7 @@ def _final(run_dir):
 
 
 @pytest.mark.slow
-def test_sigkill_then_resume_is_bit_identical(tmp_path, monkeypatch, one_thread):
+def test_sigkill_then_resume_is_bit_identical(tmp_path, monkeypatch):
     args = [*RUN, "--config", "callbacks.yaml"]
     # A: uninterrupted (in this process, to save an interpreter start).
     a = _run_dir(tmp_path, "a")
@@ -212,7 +203,7 @@ def data():
     return TextDataModule("tinyshakespeare", block_size=32, batch_size=8, val_max_windows=16)
 
 
-def test_nonfinite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path, data, one_thread):
+def test_nonfinite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path, data):
     L.seed_everything(0)
     module = _NaNAt(preset("nano", vocab_size=65))
     ckpts = tmp_path / "ckpt"
@@ -227,7 +218,7 @@ def test_nonfinite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint
     assert all(torch.isfinite(p).all() for p in module.parameters())  # stopped before the update
 
 
-def test_nonfinite_loss_can_skip_the_step(tmp_path, data, one_thread):
+def test_nonfinite_loss_can_skip_the_step(tmp_path, data):
     L.seed_everything(0)
     module = _NaNAt(preset("nano", vocab_size=65), on_nonfinite="skip")
     trainer = _trainer(tmp_path, 8, enable_checkpointing=False)
@@ -248,7 +239,7 @@ def test_nonfinite_loss_can_skip_the_step(tmp_path, data, one_thread):
     assert trainer.global_step == 8 and all(torch.isfinite(p).all() for p in module.parameters())
 
 
-def test_resuming_a_different_model_or_tokenizer_lists_the_mismatch(tmp_path, data, one_thread):
+def test_resuming_a_different_model_or_tokenizer_lists_the_mismatch(tmp_path, data):
     L.seed_everything(0)
     trainer = _trainer(tmp_path, 2, enable_checkpointing=False)
     trainer.fit(GPTLitModule(preset("nano", vocab_size=65)), data)

@@ -28,15 +28,6 @@ def gpt2kit(*args: str) -> int:
     return 0
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from threads, and on a busy shared CPU they spin: 3x slower here."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """Each runnable recipe, trained for 3 steps in its own folder."""
