@@ -143,7 +143,8 @@ class GPTLitModule(L.LightningModule):
         self.tokenizer: Tokenizer | None = None
         self.val_bytes_per_token: float | None = None  # from the data, for bits per byte
         self.val_loss = MeanMetric()
-        self._last_step_time: float | None = None
+        self._throughput_since: float | None = None  # start of the interval tokens/s is averaged over
+        self._throughput_tokens = 0
         self.compile, self.on_nonfinite, self.peak_flops = compile, on_nonfinite, peak_flops
         self._compiled = False
         self._skip_step = False  # the current optimizer step's gradients came from a non-finite loss
@@ -167,19 +168,30 @@ class GPTLitModule(L.LightningModule):
         if self.trainer.strategy.reduce_boolean_decision(not torch.isfinite(loss).item(), all=False):
             self._nonfinite_loss(loss, batch_idx)  # every rank takes the same branch
         self.log("train_loss", loss, prog_bar=True, sync_dist=True)  # the global batch's loss under DDP
-        now = time.perf_counter()
-        if self._last_step_time is not None:
-            # one training_step per micro-batch on every rank: the interval covers this many tokens
-            tokens_per_sec = batch[0].numel() * self.trainer.world_size / (now - self._last_step_time)
-            self.log("tokens_per_sec", tokens_per_sec)
-            if self._peak:
-                T = batch[0].shape[1]
-                if T not in self._flops_per_token:
-                    self._flops_per_token[T] = perf.flops_per_token(self.model, T)
-                mfu = tokens_per_sec * self._flops_per_token[T] / (self._peak * self.trainer.world_size)
-                self.log("mfu", mfu)
-        self._last_step_time = now
+        self._log_throughput(batch[0].numel() * self.trainer.world_size, batch[0].shape[1])
         return loss
+
+    def _log_throughput(self, tokens: int, seq_len: int) -> None:
+        """tokens/s (and MFU) averaged since the last logged step, logged only where the logger writes.
+
+        ``self.log`` costs about 2 ms per call on a CPU: once per ``log_every_n_steps``, not per step.
+        One training_step runs per micro-batch on every rank, so each interval covers ``tokens``.
+        """
+        now = time.perf_counter()
+        if self._throughput_since is None:  # the first step (or the first after validation) starts timing
+            self._throughput_since, self._throughput_tokens = now, 0
+            return
+        self._throughput_tokens += tokens
+        if not self.trainer._logger_connector.should_update_logs:  # as Lightning's LearningRateMonitor
+            return
+        tokens_per_sec = self._throughput_tokens / (now - self._throughput_since)
+        self.log("tokens_per_sec", tokens_per_sec)
+        if self._peak:
+            if seq_len not in self._flops_per_token:
+                self._flops_per_token[seq_len] = perf.flops_per_token(self.model, seq_len)
+            flops = tokens_per_sec * self._flops_per_token[seq_len]
+            self.log("mfu", flops / (self._peak * self.trainer.world_size))
+        self._throughput_since, self._throughput_tokens = now, 0
 
     def _nonfinite_loss(self, loss: Tensor, batch_idx: int) -> None:
         where = f"at step {self.trainer.global_step} (epoch {self.current_epoch}, batch {batch_idx})"
@@ -211,10 +223,6 @@ class GPTLitModule(L.LightningModule):
                     p.grad = None
             self._skip_step = False
 
-    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        if self.trainer.lr_scheduler_configs:
-            self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"])
-
     def on_validation_epoch_start(self) -> None:
         self.val_loss.reset()  # fresh states in this loop's grad mode (validate() runs in inference mode)
 
@@ -233,7 +241,7 @@ class GPTLitModule(L.LightningModule):
             self.val_bytes_per_token
         ):  # bits per byte = nats/token ÷ ln 2 ÷ bytes/token: fair across tokenizers
             self.log(f"{prefix}_bpb", loss / math.log(2) / self.val_bytes_per_token)
-        self._last_step_time = None  # the time spent validating is not training throughput
+        self._throughput_since = None  # the time spent validating is not training throughput
 
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self.validation_step(batch, batch_idx)

@@ -42,6 +42,27 @@ def test_bf16_mixed_on_cpu_trains_and_logs_tokens_per_sec_and_mfu(data):
     assert ("cpu", torch.bfloat16) in perf._PEAKS  # the peak was measured in the training dtype
 
 
+def test_throughput_is_logged_where_the_logger_writes_averaged_over_the_interval(data, tmp_path):
+    """self.log costs ~2 ms: tokens/s is logged once per log_every_n_steps, from every step since the last."""
+    import csv
+
+    from lightning.pytorch.loggers import CSVLogger
+
+    trainer = L.Trainer(
+        max_steps=7, logger=CSVLogger(tmp_path), enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, limit_val_batches=0, log_every_n_steps=3,
+    )  # fmt: skip
+    module = GPTLitModule(preset("nano", vocab_size=65))
+    calls, log = [], module.log
+    module.log = lambda name, *a, **kw: (calls.append(name), log(name, *a, **kw))
+    trainer.fit(module, data)
+    assert calls.count("tokens_per_sec") == 2 and calls.count("train_loss") == 7
+    rows = list(csv.DictReader(open(next(tmp_path.rglob("metrics.csv")))))
+    speed = {int(r["step"]) for r in rows if r.get("tokens_per_sec")}
+    assert speed == {int(r["step"]) for r in rows if r.get("train_loss")} == {2, 5}
+    assert all(float(r["tokens_per_sec"]) > 0 for r in rows if r.get("tokens_per_sec"))
+
+
 def test_flops_per_token_is_nanogpts_estimate_for_gpt2():
     with torch.device("meta"):
         model = GPT(preset("gpt2"))
