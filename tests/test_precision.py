@@ -57,7 +57,8 @@ def test_throughput_is_logged_where_the_logger_writes_averaged_over_the_interval
     module.log = lambda name, *a, **kw: (calls.append(name), log(name, *a, **kw))
     trainer.fit(module, data)
     assert calls.count("tokens_per_sec") == 2 and calls.count("train_loss") == 7
-    rows = list(csv.DictReader(open(next(tmp_path.rglob("metrics.csv")))))
+    with open(next(tmp_path.rglob("metrics.csv"))) as f:
+        rows = list(csv.DictReader(f))
     speed = {int(r["step"]) for r in rows if r.get("tokens_per_sec")}
     assert speed == {int(r["step"]) for r in rows if r.get("train_loss")} == {2, 5}
     assert all(float(r["tokens_per_sec"]) > 0 for r in rows if r.get("tokens_per_sec"))
