@@ -23,9 +23,8 @@ class MLP(nn.Module):
 MLP_KIND = add_kind("mlp", MLP)
 
 
-@MLP_KIND.register("gelu")
-class GeluMLP(MLP):
-    """GPT-2's MLP: Linear(C, 4C) → GELU (tanh approximation, one fused kernel) → Linear(4C, C)."""
+class TwoLayerMLP(MLP):
+    """Linear(C, expansion·C) → activation → Linear(expansion·C, C); subclasses choose the activation."""
 
     def __init__(self, config: GPTConfig, expansion: int = 4) -> None:
         """
@@ -38,27 +37,27 @@ class GeluMLP(MLP):
         self.c_proj = mark_residual(nn.Linear(hidden, config.n_embd, bias=config.bias))
         self.dropout = nn.Dropout(config.dropout)
 
+    def activation(self, h: Tensor) -> Tensor:
+        raise NotImplementedError
+
     def forward(self, x: Tensor) -> Tensor:
-        return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))
+        return self.dropout(self.c_proj(self.activation(self.c_fc(x))))
+
+
+@MLP_KIND.register("gelu")
+class GeluMLP(TwoLayerMLP):
+    """GPT-2's MLP: Linear(C, 4C) → GELU (tanh approximation, one fused kernel) → Linear(4C, C)."""
+
+    def activation(self, h: Tensor) -> Tensor:
+        return F.gelu(h, approximate="tanh")
 
 
 @MLP_KIND.register("relu")
-class ReluMLP(MLP):
+class ReluMLP(TwoLayerMLP):
     """Linear(C, 4C) → ReLU → Linear(4C, C): the original Transformer's feed-forward layer."""
 
-    def __init__(self, config: GPTConfig, expansion: int = 4) -> None:
-        """
-        Args:
-            expansion: hidden width as a multiple of n_embd.
-        """
-        super().__init__(config)
-        hidden = expansion * config.n_embd
-        self.c_fc = nn.Linear(config.n_embd, hidden, bias=config.bias)
-        self.c_proj = mark_residual(nn.Linear(hidden, config.n_embd, bias=config.bias))
-        self.dropout = nn.Dropout(config.dropout)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.dropout(self.c_proj(F.relu(self.c_fc(x))))
+    def activation(self, h: Tensor) -> Tensor:
+        return F.relu(h)
 
 
 def swiglu_hidden(n_embd: int, multiple_of: int = 64) -> int:
