@@ -149,7 +149,8 @@ def collect(runs: Sequence[Run]) -> list[Result]:
         result.wall_time_s = fit_time(run) or result.wall_time_s  # else the runner's clock
         speeds = [r["tokens_per_sec"] for r in rows if "tokens_per_sec" in r]
         result.tokens_per_sec = statistics.median(speeds) if speeds else None
-        result.steps = int(max(r["step"] for r in rows)) + 1 if rows else None
+        trained = [r["step"] for r in rows if "train_loss" in r]
+        result.steps = int(max(trained)) + 1 if trained else None  # steps count from 0 in the logs
         result.params = _params(run)
         result.tokens = token_budget(run.config)
         results.append(result)

@@ -154,9 +154,7 @@ def _sequential(todo: Sequence[Run]) -> bool:
         try:
             lightning_main(fit_args(run))
         except (KeyboardInterrupt, SystemExit) as exc:
-            # Lightning turns Ctrl-C into a clean shutdown, SIGINT ignored from then on, and exit(1)
-            ctrl_c = in_main and signal.getsignal(signal.SIGINT) is signal.SIG_IGN
-            if interrupted or ctrl_c or isinstance(exc, KeyboardInterrupt):
+            if interrupted or isinstance(exc, KeyboardInterrupt):  # Lightning turns Ctrl-C into exit(1)
                 _finish(run, start, RUNNING)
                 log.warning("ablate: interrupted during %s; run the same command again to resume", run.label)
                 return False

@@ -316,10 +316,10 @@ class Resolver:
                 raise GPT2KitError(f"overrides: {exc}") from None
 
     def _dump(self, namespace: Any) -> dict[str, Any]:
-        try:
-            text = self.parser.dump(namespace, skip_unset=False)
+        try:  # parsed, so already checked
+            text = self.parser.dump(namespace, skip_unset=False, skip_validation=True)
         except (TypeError, ValueError):  # jsonargparse < 4.49
-            text = self.parser.dump(namespace, skip_none=False)
+            text = self.parser.dump(namespace, skip_none=False, skip_check=True)
         return yaml.safe_load(text)["fit"]
 
     def resolve(self, overrides: dict[str, Any]) -> dict[str, Any]:
