@@ -182,3 +182,14 @@ def test_two_plugins_with_one_name_fail_naming_both(tmp_path, monkeypatch, isola
         "fake_two.TwoAttention (plugin two (gpt2kit-two 1.0))",
     ):
         assert who in message
+
+
+@pytest.mark.parametrize("name", ["qknorm", "relu2"])
+def test_example_plugin_ablation_recipe_parses(name, monkeypatch, isolated):
+    from gpt2kit.ablate import load_study, plan
+
+    monkeypatch.syspath_prepend(str(PLUGINS / name))
+    study = load_study(PLUGINS / name / "recipes" / "ablation.yaml")
+    load_plugins(study.plugins, entry_points=False)
+    runs = plan(study)
+    assert len(runs) == 8 and not [r.error for r in runs if r.error]

@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 
 from gpt2kit.ablate.runner import DONE, FAILED, read_state
-from gpt2kit.ablate.study import LOGS, Run, Study, _get, value_label
+from gpt2kit.ablate.study import LOGS, Run, Study, _get, override_args, value_label
 
 log = logging.getLogger("gpt2kit.ablate")
 
@@ -243,16 +243,16 @@ def write_report(study: Study, results: Sequence[Result], path: Path, plot: str 
     base = next(row for row in rows if row.variant == study.baseline)
     base_stats = base.stats("final", metric)
     n_seeds = len(study.seeds)
-    lines = [f"# Ablation: {study.name}", ""]
-    budgets = {r.tokens for r in results if r.tokens is not None}
-    budget = f"{next(iter(budgets)):,} training tokens" if len(budgets) == 1 else "different token budgets"
-    lines += [
+    lines = [
+        f"# Ablation: {study.name}",
+        "",
         f"`python -m gpt2kit ablate --config {study.path}`: base recipe `{study.base.name}`, "
         f"{len(study.variants)} variants × {n_seeds} seed{'s' if n_seeds > 1 else ''} "
-        f"({', '.join(map(str, study.seeds))}), {budget} per run.",
+        f"({', '.join(map(str, study.seeds))}); {_held_equal(runs)}.",
         "",
         f"Ranked by final {names[metric]} ({'bits per byte of text' if metric == 'val_bpb' else 'nats per token'}; "
-        f"lower is better), mean ± std over seeds; Δ is the difference of the means from the baseline.",
+        "lower is better), mean ± std over seeds; Δ is the difference of the means from the baseline; "
+        "wall time is the training time of one run (fit start to end).",
         "",
     ]
     header = ["", "variant", "params", f"{names[metric]}", "Δ vs baseline", f"best {names[metric]}",
@@ -278,6 +278,11 @@ def write_report(study: Study, results: Sequence[Result], path: Path, plot: str 
                 _duration(wall[0]) if wall else "–", count,
             ]) + " |"
         )  # fmt: skip
+    lines += ["", "Variants (dotted overrides on top of the base recipe and the study's own):", ""]
+    for v in study.variants:
+        lines.append(
+            f"- {v.name}: " + (" ".join(f"`{a}`" for a in override_args(v.overrides)) or "the base recipe")
+        )
     lines += [""]
     notes = _footing(study, runs, results, metric)
     if notes:
@@ -300,6 +305,30 @@ def write_report(study: Study, results: Sequence[Result], path: Path, plot: str 
         "",
     ]
     path.write_text("\n".join(lines))
+
+
+def _held_equal(runs: Sequence[Run]) -> str:
+    """``tinyshakespeare, 600 steps × 12 × 64 = 460,800 training tokens per run`` (what every run shares)."""
+    configs = [r.config for r in runs if r.config is not None]
+    if not configs:
+        return "no run parsed"
+    parts = []
+    if not _varies(runs, "data.init_args.source") and _get(configs[0], "data.init_args.source"):
+        parts.append(f"data `{_get(configs[0], 'data.init_args.source')}`")
+    budgets = {token_budget(c) for c in configs}
+    if len(budgets) == 1 and None not in budgets:
+        c = configs[0]
+        steps, batch, block = (
+            _get(c, k) for k in ("trainer.max_steps", "data.init_args.batch_size", "model.arch.block_size")
+        )
+        accumulate = _get(c, "trainer.accumulate_grad_batches") or 1
+        acc = f" × {accumulate}" if accumulate > 1 else ""
+        parts.append(
+            f"{steps} steps × batch {batch}{acc} × block {block} = {budgets.pop():,} training tokens per run"
+        )
+    else:
+        parts.append("token budgets that differ")
+    return ", ".join(parts)
 
 
 def _footing(study: Study, runs: Sequence[Run], results: Sequence[Result], metric: str) -> list[str]:
@@ -361,7 +390,7 @@ def write_plot(study: Study, results: Sequence[Result], path: Path) -> bool:
     ax.legend(fontsize=8)
     _zoom(ax, rows, metric)
     fig.tight_layout()
-    fig.savefig(path)
+    fig.savefig(path, metadata={"Software": None})  # no version stamp: the same runs give the same file
     plt.close(fig)
     return True
 
