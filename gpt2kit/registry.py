@@ -114,9 +114,11 @@ class Registry:
         candidates = sorted(self._entries) + sorted(e.cls.__name__ for e in self._entries.values())
         close = difflib.get_close_matches(name, candidates, n=3, cutoff=0.5)
         hint = f"did you mean {', '.join(close)}? " if close else ""
+        broken = f"; plugins that failed to load: {', '.join(failed_plugins)}" if failed_plugins else ""
         raise GPT2KitError(
             f"unknown {self.kind} '{name}': {hint}registered: {', '.join(self.names())} "
-            f"(see `python -m gpt2kit list {self.kind}`)"
+            f"(see `python -m gpt2kit list {self.kind}`; a plugin's component needs the plugin installed "
+            f"or its module named with --plugins){broken}"
         )
 
     def get(self, name: str) -> type:

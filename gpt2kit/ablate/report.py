@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 
 from gpt2kit.ablate.runner import DONE, FAILED, read_state
-from gpt2kit.ablate.study import LOGS, Run, Study, _get, override_args, value_label
+from gpt2kit.ablate.study import LOGS, Run, Study, _get, override_args
 
 log = logging.getLogger("gpt2kit.ablate")
 
@@ -336,9 +336,8 @@ def _footing(study: Study, runs: Sequence[Run], results: Sequence[Result], metri
     notes = []
     data = [r for r in runs if r.config is not None]
     if _varies(data, "data.init_args.tokenizer"):
-        tokenizers = sorted({value_label(_get(r.config, "data.init_args.tokenizer")) for r in data})
         notes.append(
-            f"The tokenizer varies ({', '.join(tokenizers)}): the ranking is by bits per byte, since a loss per "
+            "The tokenizer varies: the ranking is by bits per byte, since a loss per "
             "token is not comparable across vocabularies. Every run trains on the same number of tokens, "
             "which is a different number of bytes of text per tokenizer."
         )
