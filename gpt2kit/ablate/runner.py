@@ -89,9 +89,12 @@ def prepare_run(run: Run) -> None:
         f"#   python -m gpt2kit fit --config {run.config_path}\n"
     )
     run.config_path.write_text(header + yaml.safe_dump(run.config, sort_keys=False))
-    if not read_state(run):
+    state = read_state(run)
+    if not state:
         write_state(run, variant=run.variant, seed=run.seed, status="pending", wall_time_s=0.0, sessions=0,
                     identity=run.identity)  # fmt: skip
+    elif state.get("identity") is None:  # a variant that did not parse before, fixed since
+        write_state(run, identity=run.identity)
 
 
 def run_all(runs: Sequence[Run], parallel: int = 1, plugins: Sequence[str] = ()) -> bool:
