@@ -1,4 +1,4 @@
-"""Developer sessions: `nox -s tests`, `nox -s lint`, `nox -s bench`, `nox -s recipes`.
+"""Developer sessions: `nox -s tests`, `nox -s lint`, `nox -s bench`, `nox -s recipes`, `nox -s plugins`.
 
 Virtualenvs see the system site-packages, so an installed torch (CPU or CUDA build) is reused
 rather than downloaded again.
@@ -36,3 +36,12 @@ def recipes(session: nox.Session) -> None:
     """Every recipe parses and runs a few steps (the same check as tests/, recipes only)."""
     session.install("-e", ".[dev]")
     session.run("pytest", "-q", "-k", "recipe", *session.posargs)
+
+
+@nox.session(**VENV)
+def plugins(session: nox.Session) -> None:
+    """Each example plugin installed as a user would (pip, entry point), then its own tests."""
+    session.install("-e", ".[dev]")
+    for plugin in sorted(__import__("pathlib").Path("plugins").glob("*/pyproject.toml")):
+        session.install(str(plugin.parent))
+        session.run("pytest", "-q", "-p", "no:cacheprovider", str(plugin.parent / "tests"), *session.posargs)

@@ -7,6 +7,7 @@
     python -m gpt2kit import-hf HF_DIR OUT.ckpt        # Hugging Face GPT-2 folder → checkpoint
     python -m gpt2kit export-hf CKPT OUT_DIR           # and back
     python -m gpt2kit list [KIND] [PATTERN]
+    python -m gpt2kit ablate --config recipes/ablations/position-encoding.yaml [--parallel N]
 
 Plugins (``gpt2kit.plugins`` entry points, ``--plugins MOD[,MOD]``, ``GPT2KIT_PLUGINS``) are imported
 before the command line is parsed, so their components can be named in a recipe.
@@ -15,6 +16,7 @@ before the command line is parsed, so their components can be named in a recipe.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import sys
 from collections.abc import Callable, Sequence
@@ -24,8 +26,9 @@ from jsonargparse import ArgumentParser
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
+from gpt2kit.ablate import ablate_command
 from gpt2kit.errors import GPT2KitError
-from gpt2kit.registry import kinds, list_components, load_plugins, registry
+from gpt2kit.registry import PLUGIN_ENV, failed_plugins, kinds, list_components, load_plugins, registry
 
 log = logging.getLogger("gpt2kit")
 
@@ -122,7 +125,8 @@ def lightning_main(args: Sequence[str] | None = None, run: bool = True) -> GPT2K
 
 
 def list_command(kind: str | None = None, pattern: str = "*") -> None:
-    """Print the registered components (optionally one kind, names matching a wildcard pattern)."""
+    """Print the registered components (optionally one kind, names matching a wildcard pattern), each with
+    its source: ``built-in``, or the plugin and distribution it came from."""
     rows = [
         (e.kind, e.name, e.cls.__name__, e.source, e.summary)
         for entries in list_components(kind, pattern).values()
@@ -138,6 +142,10 @@ def list_command(kind: str | None = None, pattern: str = "*") -> None:
             current = r[0]
             print(f"\n{current}:")
         print(f"  {r[1]:<{widths[1]}}  {r[2]:<{widths[2]}}  {r[3]:<{widths[3]}}  {r[4]}")
+    if failed_plugins:
+        print("\nplugins that failed to load (skipped):")
+        for name, reason in failed_plugins.items():
+            print(f"  {name}: {reason}")
 
 
 def generate_command(
@@ -303,6 +311,7 @@ COMMANDS: dict[str, Callable[..., None]] = {
     "prepare": prepare_command,
     "import-hf": import_hf_command,
     "export-hf": export_hf_command,
+    "ablate": ablate_command,
 }
 POSITIONAL = {import_hf_command, export_hf_command}
 """Commands whose required arguments are positional (``import-hf HF_DIR OUT``)."""
@@ -324,12 +333,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        load_plugins(_pop_plugins(argv))
+        explicit = _pop_plugins(argv)
+        load_plugins(explicit)
+        if explicit:  # processes started from this one (DDP ranks, ablation runs) load them too
+            known = [m for m in os.environ.get(PLUGIN_ENV, "").split(",") if m]
+            os.environ[PLUGIN_ENV] = ",".join(dict.fromkeys([*known, *explicit]))
         if argv and argv[0] in COMMANDS:
             if argv[0] == "list":
                 list_command(*argv[1:3])
-            elif argv[0] == "prepare":
-                prepare_command(argv[1:])
+            elif argv[0] in ("prepare", "ablate"):  # parse their own arguments
+                COMMANDS[argv[0]](argv[1:])
             else:
                 _run_function(COMMANDS[argv[0]], argv[1:], argv[0])
         else:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import functools
 import importlib
 import logging
 import os
@@ -85,7 +86,7 @@ class Registry:
                 f"cannot register {cls!r} as {self.kind} '{name}': it must subclass "
                 f"{self.base.__module__}.{self.base.__qualname__}"
             )
-        entry = Entry(self.kind, name, cls, _current_source)
+        entry = Entry(self.kind, name, cls, _source_of(cls))
         old = self._entries.get(name)
         if old is not None and old.class_path != entry.class_path:
             raise GPT2KitError(
@@ -113,9 +114,11 @@ class Registry:
         candidates = sorted(self._entries) + sorted(e.cls.__name__ for e in self._entries.values())
         close = difflib.get_close_matches(name, candidates, n=3, cutoff=0.5)
         hint = f"did you mean {', '.join(close)}? " if close else ""
+        broken = f"; plugins that failed to load: {', '.join(failed_plugins)}" if failed_plugins else ""
         raise GPT2KitError(
             f"unknown {self.kind} '{name}': {hint}registered: {', '.join(self.names())} "
-            f"(see `python -m gpt2kit list {self.kind}`)"
+            f"(see `python -m gpt2kit list {self.kind}`; a plugin's component needs the plugin installed "
+            f"or its module named with --plugins){broken}"
         )
 
     def get(self, name: str) -> type:
@@ -139,7 +142,34 @@ class Registry:
 
 
 _REGISTRIES: dict[str, Registry] = {}
-_current_source = "built-in"
+_current_source: str | None = None  # the plugin being imported by load_plugins, if any
+
+
+def _source_of(cls: type) -> str:
+    """``built-in``, the plugin being loaded, or the distribution (else module) that defines ``cls``.
+
+    A plugin's module may be imported before :func:`load_plugins` runs (by a test, or by jsonargparse
+    resolving a ``class_path``), so the source also follows from the class's module.
+    """
+    if _current_source is not None:
+        return _current_source
+    module = cls.__module__
+    if module == "gpt2kit" or module.startswith("gpt2kit."):
+        return "built-in"
+    dists = _distributions().get(module.split(".")[0])
+    return f"{_dist_label(dists[0])} (module {module})" if dists else f"module {module}"
+
+
+@functools.cache
+def _distributions() -> dict[str, list[str]]:
+    return metadata.packages_distributions()
+
+
+def _dist_label(name: str) -> str:
+    try:
+        return f"{name} {metadata.version(name)}"
+    except metadata.PackageNotFoundError:
+        return name
 
 
 def add_kind(kind: str, base: type) -> Registry:
@@ -205,53 +235,77 @@ def _load_builtins() -> None:
 # --- plugins ----------------------------------------------------------------------------------------
 
 _loaded_plugins: dict[str, str] = {}
+failed_plugins: dict[str, str] = {}
+"""Entry-point plugins that failed to import (skipped with a warning): ``{name (distribution): reason}``."""
 
 
-def _import_as(module: str, source: str) -> None:
+def _import_as(target: str, source: str, load: Callable[[], Any] | None = None) -> None:
+    """Import ``target`` (or call ``load``) with every registration in it credited to ``source``."""
     global _current_source
     previous, _current_source = _current_source, source
     try:
-        importlib.import_module(module)
+        obj = load() if load is not None else importlib.import_module(target)
+        if callable(obj) and not isinstance(obj, type):  # ``module:function``: a registration hook
+            obj()
     finally:
         _current_source = previous
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
 def load_plugins(modules: Iterable[str] = (), *, entry_points: bool = True) -> dict[str, str]:
     """Import plugins so that their components register before the CLI parses a config.
 
-    Loads (1) every ``gpt2kit.plugins`` entry point of the installed distributions (a failure is a
-    warning naming the plugin), then (2) the modules named in ``modules`` and in the comma-separated
-    ``GPT2KIT_PLUGINS`` environment variable (a failure is an error, since they were asked for).
-    Returns ``{module: source}`` of what is loaded.
+    Loads (1) every ``gpt2kit.plugins`` entry point of the installed distributions -- a plugin that
+    fails to import is skipped with a warning naming it and its distribution (see
+    :data:`failed_plugins`) -- then (2) the modules named in ``modules`` and in the comma-separated
+    ``GPT2KIT_PLUGINS`` environment variable, which were asked for, so that a failure is an error.
+    A name registered twice (by two plugins, or a plugin and a built-in) is an error naming both.
+    An entry point's value is a module (``pkg.components``), or a function called after import
+    (``pkg:register``). Returns ``{module: source}`` of every plugin loaded so far.
     """
     _load_builtins()
     if entry_points:
         for ep in metadata.entry_points(group=PLUGIN_GROUP):
             if ep.value in _loaded_plugins:
                 continue
-            dist = ep.dist.name if ep.dist is not None else ep.name
+            dist = _dist_label(ep.dist.name) if ep.dist is not None else "no distribution"
             source = f"plugin {ep.name} ({dist})"
             try:
-                _import_as(ep.module, source)
-            except GPT2KitError:
+                _import_as(ep.value, source, ep.load)
+            except GPT2KitError:  # e.g. a name another plugin registered: fail, naming both
                 raise
             except Exception as exc:  # a broken third-party package must not stop gpt2kit
+                failed_plugins[f"{ep.name} ({dist})"] = _reason(exc)
                 log.warning(
-                    "gpt2kit plugin '%s' from %s failed to import and is skipped: %s", ep.name, dist, exc
+                    "gpt2kit plugin '%s' (entry point %s = %s, from %s) failed to import and is skipped: %s",
+                    ep.name,
+                    PLUGIN_GROUP,
+                    ep.value,
+                    dist,
+                    _reason(exc),
                 )
                 continue
             _loaded_plugins[ep.value] = source
     env = [m.strip() for m in os.environ.get(PLUGIN_ENV, "").split(",") if m.strip()]
-    for module in [*modules, *env]:
+    for module in dict.fromkeys([*modules, *env]):
         if module in _loaded_plugins:
             continue
         try:
             _import_as(module, f"plugin module {module}")
-        except ModuleNotFoundError as exc:
-            if exc.name and module.startswith(exc.name):
-                raise GPT2KitError(
-                    f"plugin module '{module}' was not found: install it, or put its folder on PYTHONPATH"
-                ) from exc
+        except GPT2KitError:
             raise
+        except ModuleNotFoundError as exc:
+            if exc.name and (module == exc.name or module.startswith(exc.name + ".")):
+                raise GPT2KitError(
+                    f"plugin module '{module}' was not found: install it, or put the folder that holds it "
+                    "on PYTHONPATH (--plugins and GPT2KIT_PLUGINS take importable module names, not files)"
+                ) from None
+            raise GPT2KitError(f"plugin module '{module}' failed to import: {_reason(exc)}") from exc
+        except Exception as exc:
+            raise GPT2KitError(f"plugin module '{module}' failed to import: {_reason(exc)}") from exc
         _loaded_plugins[module] = f"plugin module {module}"
     return dict(_loaded_plugins)

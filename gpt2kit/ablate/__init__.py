@@ -1,0 +1,150 @@
+"""Ablation studies: ``python -m gpt2kit ablate --config recipes/ablations/NAME.yaml``.
+
+A study is a base recipe, the overrides every run shares, named variants and/or a grid of overrides,
+and seeds (:mod:`gpt2kit.ablate.study`). Each run trains in its own folder like any ``fit``
+(:mod:`gpt2kit.ablate.runner`), and the report is read back from the runs' Lightning logs
+(:mod:`gpt2kit.ablate.report`)::
+
+    runs/ablations/NAME/
+      results.csv  report.md  plot.png      one row per run; mean ± std per variant; curves
+      VARIANT/seedN/
+        config.yaml                         the resolved config (python -m gpt2kit fit --config it)
+        run.json                            status, wall time, sessions
+        logs/version_*/metrics.csv          the CSVLogger's output (a resumed run adds a version)
+        checkpoints/last.ckpt               what an interrupted run resumes from
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from collections.abc import Sequence
+
+import lightning as L
+
+from gpt2kit.ablate.report import collect, write_csv, write_plot, write_report
+from gpt2kit.ablate.runner import run_all
+from gpt2kit.ablate.study import Run, Study, load_study, plan
+from gpt2kit.errors import GPT2KitError
+
+__all__ = ["RunRecord", "Run", "Study", "ablate", "ablate_command", "load_study", "plan"]
+
+log = logging.getLogger("gpt2kit.ablate")
+
+
+class RunRecord(L.Callback):
+    """What the report needs besides the losses, through the run's own loggers.
+
+    * ``num_params`` and ``num_trainable_params``, as hyperparameters (``hparams.yaml``);
+    * ``fit_time_s``, the seconds from the start of fitting to its end (or to the error or Ctrl-C that
+      stopped it), as a metric (``metrics.csv``): a resumed run's sessions add up, and the time to start
+      Python or read the config is not counted, so runs in this process and in subprocesses compare.
+
+    The ablation runner adds it to every run's callbacks.
+    """
+
+    def __init__(self) -> None:
+        self._start: float | None = None
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._start = time.perf_counter()
+        model = getattr(pl_module, "model", pl_module)
+        params = {
+            "num_params": sum(p.numel() for p in model.parameters()),
+            "num_trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        }
+        for logger in trainer.loggers:
+            logger.log_hyperparams(params)
+
+    def _log_time(self, trainer: L.Trainer) -> None:
+        if self._start is None:
+            return
+        seconds, self._start = time.perf_counter() - self._start, None
+        for logger in trainer.loggers:
+            logger.log_metrics({"fit_time_s": seconds}, step=trainer.global_step)
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._log_time(trainer)
+
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
+        self._log_time(trainer)
+
+
+def ablate(study: Study, parallel: int = 1, *, dry_run: bool = False, report_only: bool = False) -> list[Run]:
+    """Run a study (skipping finished runs, resuming unfinished ones) and write its report."""
+    from gpt2kit.registry import PLUGIN_ENV, load_plugins
+
+    if parallel < 1:
+        raise GPT2KitError(f"parallel={parallel}: give the number of runs to train at once (1 or more)")
+    load_plugins(study.plugins, entry_points=False)  # entry points are loaded already (cli.main)
+    runs = plan(study)
+    bad = sorted({(r.variant, r.error) for r in runs if r.error is not None})
+    for variant, error in bad:
+        log.warning("ablate: variant '%s' does not parse, marked failed: %s", variant, error)
+    if dry_run:
+        _print_plan(study, runs)
+        return runs
+    if len(bad) == len(study.variants):
+        raise GPT2KitError(f"no variant of {study.path} parses; the first: {bad[0][0]}: {bad[0][1]}")
+    study.out_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(study.path, study.out_dir / "study.yaml")
+    finished = True
+    if not report_only:
+        plugins = [*study.plugins, *[m for m in os.environ.get(PLUGIN_ENV, "").split(",") if m]]
+        finished = run_all(runs, parallel, plugins)
+    results = collect(runs)
+    write_csv(results, study.out_dir / "results.csv")
+    plotted = write_plot(study, results, study.out_dir / "plot.png")
+    write_report(study, results, study.out_dir / "report.md", "plot.png" if plotted else None)
+    done = sum(r.status == "done" for r in results)
+    log.info(
+        "ablate: %d of %d runs done%s; report: %s",
+        done, len(results), "" if finished else " (interrupted)", study.out_dir / "report.md",
+    )  # fmt: skip
+    return runs
+
+
+def _print_plan(study: Study, runs: Sequence[Run]) -> None:
+    from gpt2kit.ablate.study import override_args
+
+    print(f"base: {study.base}\nevery run: {' '.join(override_args(study.overrides)) or '(no overrides)'}")
+    width = max(len(v.name) for v in study.variants)
+    for v in study.variants:
+        mine = [r for r in runs if r.variant == v.name]
+        what = f"does not parse: {mine[0].error}" if mine[0].error else " ".join(override_args(v.overrides))
+        print(
+            f"  {v.name:<{width}}  {what or '(the base recipe)'}  → {mine[0].dir.parent}/seed{{{','.join(str(r.seed) for r in mine)}}}"
+        )
+    n_bad = len({r.variant for r in runs if r.error})
+    print(
+        f"{len(runs)} runs: {len(study.variants)} variants × {len(study.seeds)} seeds; {n_bad} variant(s) do not parse"
+    )
+
+
+def ablate_command(args: Sequence[str]) -> None:
+    """Run an ablation study: a base recipe × variants/grid × seeds, then results.csv, report.md, plot.png.
+
+    Finished runs are skipped and unfinished ones resumed, so the same command continues an interrupted
+    study.
+    """
+    from jsonargparse import ArgumentParser
+
+    parser = ArgumentParser(prog="python -m gpt2kit ablate", description=ablate_command.__doc__)
+    parser.add_argument("--config", required=True, help="the study file (see recipes/ablations/)")
+    parser.add_argument(
+        "--parallel",
+        type=int,
+        default=1,
+        help="runs to train at once: 1 runs them one after another in this process; N > 1 in N subprocesses "
+        "that share the CPU cores (OMP_NUM_THREADS), one GPU each when there are several",
+    )
+    parser.add_argument("--out_dir", help="folder of the runs and the report (default: the study's out_dir)")
+    parser.add_argument("--dry_run", action="store_true", help="list the runs and their commands, then stop")
+    parser.add_argument("--report_only", action="store_true", help="rewrite the report from the runs there")
+    cfg = parser.parse_args(list(args))
+    study = load_study(cfg.config, cfg.out_dir)
+    ablate(study, cfg.parallel, dry_run=cfg.dry_run, report_only=cfg.report_only)

@@ -1,0 +1,405 @@
+"""From the runs' Lightning logs to ``results.csv``, ``report.md`` and ``plot.png``.
+
+Everything is read from what the runs' ``CSVLogger`` wrote (``logs/version_*/metrics.csv`` and
+``hparams.yaml``; a resumed run adds a version, which continues the previous one from the step it
+resumed at) and from each run's ``run.json`` (status, wall time).
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from gpt2kit.ablate.runner import DONE, FAILED, read_state
+from gpt2kit.ablate.study import LOGS, Run, Study, _get, override_args
+
+log = logging.getLogger("gpt2kit.ablate")
+
+COLUMNS = [
+    "variant", "seed", "status", "params", "steps", "tokens", "final_val_loss", "best_val_loss",
+    "final_val_bpb", "best_val_bpb", "tokens_per_sec", "wall_time_s", "run_dir", "error",
+]  # fmt: skip
+
+
+@dataclass
+class Result:
+    """One run's outcome, read back from its logs."""
+
+    run: Run
+    status: str
+    error: str | None = None
+    params: int | None = None
+    steps: int | None = None
+    tokens: int | None = None
+    val: dict[str, dict[int, float]] = field(default_factory=dict)
+    """``{"val_loss": {step: value}, "val_bpb": {...}}``."""
+    tokens_per_sec: float | None = None
+    wall_time_s: float | None = None
+
+    def final(self, metric: str) -> float | None:
+        curve = self.val.get(metric) or {}
+        return curve[max(curve)] if curve else None
+
+    def best(self, metric: str) -> float | None:
+        curve = self.val.get(metric) or {}
+        return min(curve.values()) if curve else None
+
+    def row(self) -> dict[str, Any]:
+        return {
+            "variant": self.run.variant,
+            "seed": self.run.seed,
+            "status": self.status,
+            "params": self.params,
+            "steps": self.steps,
+            "tokens": self.tokens,
+            "final_val_loss": self.final("val_loss"),
+            "best_val_loss": self.best("val_loss"),
+            "final_val_bpb": self.final("val_bpb"),
+            "best_val_bpb": self.best("val_bpb"),
+            "tokens_per_sec": None if self.tokens_per_sec is None else round(self.tokens_per_sec, 1),
+            "wall_time_s": self.wall_time_s,
+            "run_dir": str(self.run.dir),
+            "error": self.error,
+        }
+
+
+def _versions(run: Run) -> list[Path]:
+    logs = run.dir / LOGS
+    found = (
+        [p for p in logs.glob("version_*") if p.is_dir() and p.name[8:].isdigit()] if logs.is_dir() else []
+    )
+    return sorted(found, key=lambda p: int(p.name[8:]))
+
+
+def _read_csv(path: Path) -> list[dict[str, float]]:
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        rows = [{k: float(v) for k, v in r.items() if v not in ("", None)} for r in csv.DictReader(f)]
+    return [r for r in rows if "step" in r]
+
+
+def read_metrics(run: Run) -> list[dict[str, float]]:
+    """The run's logged rows, in order, across its sessions: a resumed session replaces the rows of
+    earlier ones from the step it resumed at."""
+    rows: list[dict[str, float]] = []
+    for version in _versions(run):
+        new = _read_csv(version / "metrics.csv")
+        if new:
+            first = min(r["step"] for r in new)
+            rows = [r for r in rows if r["step"] < first] + new
+    return rows
+
+
+def fit_time(run: Run) -> float | None:
+    """Seconds of training, every session's (as :class:`~gpt2kit.ablate.RunRecord` logged them)."""
+    times = [
+        r["fit_time_s"] for v in _versions(run) for r in _read_csv(v / "metrics.csv") if "fit_time_s" in r
+    ]
+    return round(sum(times), 2) if times else None
+
+
+def _params(run: Run) -> int | None:
+    for version in reversed(_versions(run)):
+        path = version / "hparams.yaml"
+        if path.is_file():
+            try:
+                hparams = yaml.safe_load(path.read_text()) or {}
+            except yaml.YAMLError:
+                continue
+            if "num_params" in hparams:
+                return int(hparams["num_params"])
+    return None
+
+
+def token_budget(config: dict[str, Any] | None) -> int | None:
+    """Training tokens per device: max_steps × batch_size × block_size × accumulate_grad_batches."""
+    if config is None:
+        return None
+    steps = _get(config, "trainer.max_steps")
+    batch = _get(config, "data.init_args.batch_size")
+    block = _get(config, "model.arch.block_size")
+    accumulate = _get(config, "trainer.accumulate_grad_batches") or 1
+    if not all(isinstance(x, int) and x > 0 for x in (steps, batch, block, accumulate)):
+        return None
+    return steps * batch * block * accumulate
+
+
+def collect(runs: Sequence[Run]) -> list[Result]:
+    results = []
+    for run in runs:
+        state = read_state(run)
+        status = state.get("status", "pending") if run.config is not None else FAILED
+        result = Result(
+            run, status, error=state.get("error") or run.error, wall_time_s=state.get("wall_time_s")
+        )
+        rows = read_metrics(run)
+        for metric in ("val_loss", "val_bpb"):
+            curve = {int(r["step"]): r[metric] for r in rows if metric in r}
+            if curve:
+                result.val[metric] = curve
+        result.wall_time_s = fit_time(run) or result.wall_time_s  # else the runner's clock
+        speeds = [r["tokens_per_sec"] for r in rows if "tokens_per_sec" in r]
+        result.tokens_per_sec = statistics.median(speeds) if speeds else None
+        trained = [r["step"] for r in rows if "train_loss" in r]
+        result.steps = int(max(trained)) + 1 if trained else None  # steps count from 0 in the logs
+        result.params = _params(run)
+        result.tokens = token_budget(run.config)
+        results.append(result)
+    return results
+
+
+def write_csv(results: Sequence[Result], path: Path) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer.writeheader()
+        for r in results:
+            writer.writerow({k: "" if v is None else v for k, v in r.row().items()})
+
+
+# --- the report ------------------------------------------------------------------------------------------------
+
+
+def _varies(runs: Sequence[Run], key: str) -> bool:
+    values = {repr(_get(r.config, key)) for r in runs if r.config is not None}
+    return len(values) > 1
+
+
+def ranking_metric(study: Study, runs: Sequence[Run]) -> str:
+    """Bits per byte when the tokenizer varies (a loss per token is then not comparable), else val loss."""
+    if study.metric is not None:
+        return study.metric
+    return "val_bpb" if _varies(runs, "data.init_args.tokenizer") else "val_loss"
+
+
+def _stats(values: Sequence[float | None]) -> tuple[float, float] | None:
+    vals = [v for v in values if v is not None and math.isfinite(v)]
+    if not vals:
+        return None
+    return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0)
+
+
+def _pm(stats: tuple[float, float] | None, digits: int = 3, n: int = 1) -> str:
+    if stats is None:
+        return "–"
+    mean, std = stats
+    return f"{mean:.{digits}f} ± {std:.{digits}f}" if n > 1 else f"{mean:.{digits}f}"
+
+
+def _count(n: float | None) -> str:
+    if n is None:
+        return "–"
+    for unit, size in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= size:
+            return f"{n / size:.2f}{unit}"
+    return f"{n:.0f}"
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "–"
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+
+
+@dataclass
+class Row:
+    variant: str
+    results: list[Result]
+
+    def done(self) -> list[Result]:
+        return [r for r in self.results if r.status == DONE]
+
+    def stats(self, what: str, metric: str) -> tuple[float, float] | None:
+        pick = {"final": Result.final, "best": Result.best}[what]
+        return _stats([pick(r, metric) for r in self.done()])
+
+
+def summarize(study: Study, results: Sequence[Result]) -> tuple[list[Row], str]:
+    """One row per variant, ranked by the mean final value of the ranking metric (failed variants last)."""
+    runs = [r.run for r in results]
+    metric = ranking_metric(study, runs)
+    rows = [Row(v.name, [r for r in results if r.run.variant == v.name]) for v in study.variants]
+
+    def key(row: Row) -> tuple[int, float]:
+        s = row.stats("final", metric)
+        return (0, s[0]) if s is not None else (1, 0.0)
+
+    return sorted(rows, key=key), metric
+
+
+def write_report(study: Study, results: Sequence[Result], path: Path, plot: str | None) -> None:
+    rows, metric = summarize(study, results)
+    runs = [r.run for r in results]
+    other = "val_loss" if metric == "val_bpb" else "val_bpb"
+    names = {"val_loss": "val loss", "val_bpb": "val bpb"}
+    base = next(row for row in rows if row.variant == study.baseline)
+    base_stats = base.stats("final", metric)
+    n_seeds = len(study.seeds)
+    lines = [
+        f"# Ablation: {study.name}",
+        "",
+        f"`python -m gpt2kit ablate --config {study.path}`: base recipe `{study.base.name}`, "
+        f"{len(study.variants)} variants × {n_seeds} seed{'s' if n_seeds > 1 else ''} "
+        f"({', '.join(map(str, study.seeds))}); {_held_equal(runs)}.",
+        "",
+        f"Ranked by final {names[metric]} ({'bits per byte of text' if metric == 'val_bpb' else 'nats per token'}; "
+        "lower is better), mean ± std over seeds; Δ is the difference of the means from the baseline; "
+        "wall time is the training time of one run (fit start to end).",
+        "",
+    ]
+    header = ["", "variant", "params", f"{names[metric]}", "Δ vs baseline", f"best {names[metric]}",
+              names[other], "tokens/s", "wall time", "runs"]  # fmt: skip
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for i, row in enumerate(rows, 1):
+        done = row.done()
+        final = row.stats("final", metric)
+        delta = "–"
+        if final is not None and base_stats is not None:
+            delta = "0" if row is base else f"{final[0] - base_stats[0]:+.3f}"
+        params = {r.params for r in done if r.params is not None}
+        speed = _stats([r.tokens_per_sec for r in done])
+        wall = _stats([r.wall_time_s for r in done])
+        name = f"**{row.variant}** (baseline)" if row is base else row.variant
+        failed = len(row.results) - len(done)
+        count = f"{len(done)}/{len(row.results)}" + (f" ({failed} not done)" if failed else "")
+        lines.append(
+            "| " + " | ".join([
+                str(i) if final is not None else "–", name, _count(max(params)) if params else "–",
+                _pm(final, n=len(done)), delta, _pm(row.stats("best", metric), n=len(done)),
+                _pm(row.stats("final", other), n=len(done)), _count(speed[0]) if speed else "–",
+                _duration(wall[0]) if wall else "–", count,
+            ]) + " |"
+        )  # fmt: skip
+    lines += ["", "Variants (dotted overrides on top of the base recipe and the study's own):", ""]
+    for v in study.variants:
+        lines.append(
+            f"- {v.name}: " + (" ".join(f"`{a}`" for a in override_args(v.overrides)) or "the base recipe")
+        )
+    lines += [""]
+    notes = _footing(study, runs, results, metric)
+    if notes:
+        lines += [f"- {n}" for n in notes] + [""]
+    problems: dict[tuple[str, str, str], list[int]] = {}
+    for r in results:
+        if r.status != DONE:
+            problems.setdefault((r.run.variant, r.status, r.error or ""), []).append(r.run.seed)
+    if problems:
+        lines += ["Runs not done:", ""]
+        for (variant, status, error), seeds in problems.items():
+            which = f"seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}"
+            lines.append(f"- {variant} ({which}): **{status}**" + (f": {error}" if error else ""))
+        lines += [""]
+    if plot:
+        lines += [f"![{names[metric]} per variant]({plot})", ""]
+    lines += [
+        "Per run: `results.csv` here; each run's config, logs and checkpoints in its folder "
+        f"(`{study.out_dir}/VARIANT/seedN/`).",
+        "",
+    ]
+    path.write_text("\n".join(lines))
+
+
+def _held_equal(runs: Sequence[Run]) -> str:
+    """``tinyshakespeare, 600 steps × 12 × 64 = 460,800 training tokens per run`` (what every run shares)."""
+    configs = [r.config for r in runs if r.config is not None]
+    if not configs:
+        return "no run parsed"
+    parts = []
+    if not _varies(runs, "data.init_args.source") and _get(configs[0], "data.init_args.source"):
+        parts.append(f"data `{_get(configs[0], 'data.init_args.source')}`")
+    budgets = {token_budget(c) for c in configs}
+    if len(budgets) == 1 and None not in budgets:
+        c = configs[0]
+        steps, batch, block = (
+            _get(c, k) for k in ("trainer.max_steps", "data.init_args.batch_size", "model.arch.block_size")
+        )
+        accumulate = _get(c, "trainer.accumulate_grad_batches") or 1
+        acc = f" × {accumulate}" if accumulate > 1 else ""
+        parts.append(
+            f"{steps} steps × batch {batch}{acc} × block {block} = {budgets.pop():,} training tokens per run"
+        )
+    else:
+        parts.append("token budgets that differ")
+    return ", ".join(parts)
+
+
+def _footing(study: Study, runs: Sequence[Run], results: Sequence[Result], metric: str) -> list[str]:
+    """What was held equal, and a warning for anything that was not."""
+    notes = []
+    data = [r for r in runs if r.config is not None]
+    if _varies(data, "data.init_args.tokenizer"):
+        notes.append(
+            "The tokenizer varies: the ranking is by bits per byte, since a loss per "
+            "token is not comparable across vocabularies. Every run trains on the same number of tokens, "
+            "which is a different number of bytes of text per tokenizer."
+        )
+    if any(
+        _varies(data, k) for k in ("data.init_args.source", "data.class_path", "data.init_args.val_fraction")
+    ):
+        notes.append("**Warning: the data differs between variants** (source, split or data module).")
+    if len({r.tokens for r in results if r.tokens is not None}) > 1:
+        notes.append("**Warning: the token budget differs between variants** (steps, batch or block size).")
+    if metric == "val_bpb" and not any(r.val.get("val_bpb") for r in results):
+        notes.append("**No run logged val_bpb**: its data module does not report bytes per token.")
+    return notes
+
+
+# --- the plot ----------------------------------------------------------------------------------------------------
+
+
+def write_plot(study: Study, results: Sequence[Result], path: Path) -> bool:
+    """Validation curve per variant (the mean over seeds), the seeds' range shaded. False without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log.warning("ablate: matplotlib is not installed, so no plot.png: pip install 'gpt2kit[plot]'")
+        return False
+    rows, metric = summarize(study, results)
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=100)
+    for row in rows:
+        curves = [r.val.get(metric, {}) for r in row.results if r.val.get(metric)]
+        if not curves:
+            continue
+        steps = sorted(set().union(*curves))
+        values = [[c[s] for c in curves if s in c] for s in steps]
+        mean = [statistics.fmean(v) for v in values]
+        baseline = row.variant == study.baseline
+        label = f"{row.variant} (baseline)" if baseline else row.variant
+        (line,) = ax.plot(steps, mean, label=label, linewidth=2.2 if baseline else 1.4,
+                          linestyle="--" if baseline else "-", marker="o" if len(steps) < 12 else None)  # fmt: skip
+        if len(curves) > 1:
+            ax.fill_between(
+                steps, [min(v) for v in values], [max(v) for v in values], color=line.get_color(), alpha=0.18
+            )
+    ax.set_xlabel("step")
+    ax.set_ylabel({"val_loss": "validation loss (nats/token)", "val_bpb": "validation bits per byte"}[metric])
+    ax.set_title(f"{study.name}: mean over {len(study.seeds)} seed(s), range shaded")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    _zoom(ax, rows, metric)
+    fig.tight_layout()
+    fig.savefig(path, metadata={"Software": None})  # no version stamp: the same runs give the same file
+    plt.close(fig)
+    return True
+
+
+def _zoom(ax: Any, rows: Sequence[Row], metric: str) -> None:
+    """Keep the first validation (an untrained model, far above the rest) from flattening the curves."""
+    finals = [v for row in rows for r in row.results for v in [r.final(metric)] if v is not None]
+    starts = [c[min(c)] for row in rows for r in row.results for c in [r.val.get(metric) or {}] if len(c) > 2]
+    if finals and starts:
+        low, high = min(finals), max(finals)
+        top = high + 2.5 * max(high - low, 0.05 * high)
+        if max(starts) > top:
+            ax.set_ylim(low - 0.1 * (top - low), top)

@@ -1,0 +1,213 @@
+"""python -m gpt2kit ablate: a 2×2 grid of tiny runs, interrupted and resumed; the report; bad input."""
+
+import csv
+import logging
+import sys
+
+import pytest
+import yaml
+from conftest import RECIPES
+
+from gpt2kit.ablate import ablate, load_study
+from gpt2kit.ablate.report import COLUMNS, ranking_metric
+from gpt2kit.ablate.study import Run, plan
+from gpt2kit.cli import main
+
+SHAKESPEARE = RECIPES / "pretrain" / "shakespeare-char.yaml"
+
+TINY = {
+    "model.arch.n_layer": 2,
+    "model.arch.n_head": 2,
+    "model.arch.n_embd": 32,
+    "model.arch.block_size": 32,
+    "trainer.max_steps": 3,
+    "trainer.log_every_n_steps": 1,
+    "trainer.val_check_interval": 3,
+    "trainer.limit_val_batches": 2,
+    "trainer.enable_progress_bar": False,
+    "trainer.enable_model_summary": False,
+}
+
+# Ctrl-C in the middle of the n-th run of a study, once (the file remembers): a module of its own, so that runs in
+# subprocesses (--parallel) can import it as well.
+INTERRUPT = """
+import json
+import os
+import signal
+from pathlib import Path
+
+import lightning as L
+
+
+class InterruptOnce(L.Callback):
+    def __init__(self, state: str, run: int = 4, step: int = 2) -> None:
+        self.state, self.run, self.step, self.armed = Path(state), run, step, False
+
+    def on_fit_start(self, trainer, pl_module):
+        seen = json.loads(self.state.read_text()) if self.state.exists() else {"fits": 0, "fired": False}
+        if seen["fired"]:
+            return
+        seen["fits"] += 1
+        self.armed = seen["fits"] == self.run and not seen["fired"]
+        self.state.write_text(json.dumps(seen))
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if self.armed and trainer.global_step >= self.step:
+            seen = json.loads(self.state.read_text())
+            self.state.write_text(json.dumps({**seen, "fired": True}))
+            self.armed = False
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C: Lightning shuts down cleanly, then exits
+"""
+
+
+def read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def write_study(tmp_path, name="study", **spec):
+    path = tmp_path / f"{name}.yaml"
+    spec = {"base": str(SHAKESPEARE), "out_dir": str(tmp_path / "out" / name), **spec}
+    spec["overrides"] = {**TINY, **spec.get("overrides", {})}
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def test_grid_runs_reports_and_resumes(tmp_path, monkeypatch, caplog):
+    caplog.set_level(logging.INFO, logger="gpt2kit.ablate")
+    (tmp_path / "ablate_interrupt.py").write_text(INTERRUPT)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("PYTHONPATH", f"{tmp_path}:{':'.join(sys.path)}")  # for the --parallel runs
+    interrupt = {
+        "class_path": "ablate_interrupt.InterruptOnce",
+        "init_args": {"state": str(tmp_path / "ctrl-c")},
+    }
+    path = write_study(
+        tmp_path,
+        seeds=[1, 2],
+        grid={"model.position": ["LearnedPosition", "RotaryPosition"]},
+        overrides={"trainer.callbacks": [interrupt]},
+    )
+    study = load_study(path)
+    out = study.out_dir
+
+    # First go: three runs finish, Ctrl-C in the fourth; a report of what is there.
+    ablate(study)
+    runs = {(r["variant"], int(r["seed"])): r for r in read_csv(out / "results.csv")}
+    learned, rotary = "position=LearnedPosition", "position=RotaryPosition"
+    assert [runs[v, s]["status"] for v in (learned, rotary) for s in (1, 2)] == ["done"] * 3 + ["running"]
+    first = out / learned / "seed1" / "logs" / "version_0" / "metrics.csv"
+    first_mtime = first.stat().st_mtime_ns
+    interrupted = out / rotary / "seed2"
+    assert (interrupted / "checkpoints" / "last.ckpt").is_file()  # saved every step: resumable
+    assert "- position=RotaryPosition (seed 2): **running**" in (out / "report.md").read_text()
+
+    # Second go, in subprocesses (--parallel): the finished runs are skipped, the other one resumed.
+    caplog.clear()
+    ablate(load_study(path), parallel=2)
+    assert sum("is done, skipped" in m for m in caplog.messages) == 3
+    assert any(f"resuming {rotary} (seed 2) from" in m for m in caplog.messages)
+    assert first.stat().st_mtime_ns == first_mtime and not (first.parent.parent / "version_1").exists()
+    assert sorted(p.name for p in (interrupted / "logs").iterdir()) == ["version_0", "version_1"]
+    assert "Trainer.fit` stopped: `max_steps=3` reached" in (interrupted / "train.log").read_text()
+
+    # Four run folders, each with its resolved config and Lightning logs; a 4-row CSV; report and plot.
+    dirs = sorted(p.relative_to(out).as_posix() for p in out.glob("*/seed*"))
+    assert dirs == [f"{v}/seed{s}" for v in (learned, rotary) for s in (1, 2)]
+    for d in dirs:
+        config = yaml.safe_load((out / d / "config.yaml").read_text())
+        assert config["seed_everything"] == config["data"]["init_args"]["seed"] == int(d[-1])
+        assert config["trainer"]["default_root_dir"] == str((out / d).resolve())
+        assert (out / d / "checkpoints" / "last.ckpt").is_file()
+    rows = read_csv(out / "results.csv")
+    assert list(rows[0]) == COLUMNS and len(rows) == 4
+    assert all(r["status"] == "done" and r["steps"] == "3" and r["tokens"] == str(3 * 12 * 32) for r in rows)
+    assert all(float(r["final_val_loss"]) > 0 and float(r["final_val_bpb"]) > 0 for r in rows)
+    assert all(float(r["tokens_per_sec"]) > 0 and float(r["wall_time_s"]) > 0 for r in rows)
+    assert {r["params"] for r in rows if r["variant"] == learned} == {"27840"}  # + 32 × 32 learned positions
+    assert {r["params"] for r in rows if r["variant"] == rotary} == {"26816"}
+    report = (out / "report.md").read_text()
+    assert f"**{learned}** (baseline)" in report and " ± " in report and "Runs not done" not in report
+    assert (out / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # The same study with another budget does not mix with these runs.
+    changed = write_study(tmp_path, seeds=[1, 2], grid={"model.position": ["LearnedPosition"]},
+                          overrides={"trainer.callbacks": [interrupt], "trainer.max_steps": 4})  # fmt: skip
+    with pytest.raises(Exception, match=r"was run with another config \(trainer.max_steps: 3 → 4\)"):
+        ablate(load_study(changed))
+
+
+def test_variant_that_does_not_parse_is_reported_and_the_others_run(tmp_path):
+    path = write_study(
+        tmp_path,
+        seeds=[7],
+        variants={"gpt2": {}, "broken": {"model.attention": "NoSuchAttention"}},
+    )
+    ablate(load_study(path))
+    out = tmp_path / "out" / "study"
+    rows = {r["variant"]: r for r in read_csv(out / "results.csv")}
+    assert rows["gpt2"]["status"] == "done" and rows["broken"]["status"] == "failed"
+    assert "unknown attention 'NoSuchAttention'" in rows["broken"]["error"]
+    report = (out / "report.md").read_text()
+    assert "- broken (seed 7): **failed**: model.attention: unknown attention 'NoSuchAttention'" in report
+
+
+@pytest.mark.parametrize(
+    "spec, expected",
+    [
+        ({"grid": {"model.postion": ["RotaryPosition"]}},
+         "grid: 'model.postion' is not a config key: did you mean 'model.position'?"),
+        ({"grid": {"model.attention.window": [4, 8]}},
+         "grid: 'model.attention.window' is not a config key: CausalSelfAttention (model.attention) has no option 'window'"),
+        ({"grid": {}}, "the grid is empty"),
+        ({"grid": {"model.optim.lr": []}}, "grid key model.optim.lr has an empty list"),
+        ({"variants": {"a": {}}, "baseline": "b"}, "baseline 'b' is not a variant"),
+        ({"grdi": {"model.optim.lr": [1]}}, "unknown key 'grdi': did you mean 'grid'?"),
+        ({"grid": {"model.optim.lr": [1e-3]}, "plugins": ["no_such_plugin_xyz"]},
+         "plugin module 'no_such_plugin_xyz' was not found"),
+        ({"grid": {"model.optim.lr": [1e-3]}, "overrides": {"trainer.max_stepz": 3}},
+         "overrides: 'trainer.max_stepz' is not a config key: did you mean 'trainer.max_steps'?"),
+    ],
+)  # fmt: skip
+def test_bad_input_is_one_clear_line(tmp_path, capsys, spec, expected):
+    path = write_study(tmp_path, **spec)
+    with pytest.raises(SystemExit) as exit_:
+        main(["ablate", "--config", str(path)])
+    assert exit_.value.code == 1
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and expected in errors[0], errors
+    assert not (tmp_path / "out").exists()  # nothing ran
+
+
+def test_tokenizer_grid_is_ranked_by_bits_per_byte(tmp_path):
+    path = write_study(
+        tmp_path,
+        grid={"data.init_args.tokenizer": ["CharTokenizer", "ByteLevelBPETokenizer"]},
+    )
+    study = load_study(path)
+    assert [v.name for v in study.variants] == ["tokenizer=CharTokenizer", "tokenizer=ByteLevelBPETokenizer"]
+
+    def run(tokenizer):
+        return Run("v", 1, tmp_path, config={"data": {"init_args": {"tokenizer": tokenizer}}})
+
+    assert (
+        ranking_metric(study, [run("CharTokenizer"), run({"class_path": "ByteLevelBPETokenizer"})])
+        == "val_bpb"
+    )
+    assert ranking_metric(study, [run("CharTokenizer"), run("CharTokenizer")]) == "val_loss"
+
+
+def test_dry_run_lists_runs_without_training(tmp_path, capsys):
+    path = write_study(tmp_path, seeds=[1, 2, 3], variants={"a": {}, "b": {"model.norm": "RMSNorm"}})
+    main(["ablate", "--config", str(path), "--dry_run"])
+    out = capsys.readouterr().out
+    assert "--model.norm=RMSNorm" in out and "6 runs: 2 variants × 3 seeds" in out
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("name", ["position-encoding", "attention", "tokenizer"])
+def test_study_recipes_parse(name):
+    study = load_study(RECIPES / "ablations" / f"{name}.yaml")
+    runs = plan(study)  # every run's config, through the fit parser
+    assert runs and not [r.error for r in runs if r.error]
+    assert len(runs) == len(study.variants) * len(study.seeds) and len(study.seeds) >= 2
