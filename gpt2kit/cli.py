@@ -346,8 +346,11 @@ def main(argv: Sequence[str] | None = None) -> None:
             else:
                 _run_function(COMMANDS[argv[0]], argv[1:], argv[0])
         else:
-            sys.argv = [sys.argv[0], *argv]
-            lightning_main()
+            saved, sys.argv = sys.argv, [sys.argv[0], *argv]  # LightningCLI reads sys.argv
+            try:
+                lightning_main()
+            finally:
+                sys.argv = saved
     except Exception as exc:
         if (cause := _user_error(exc)) is None:
             raise

@@ -76,24 +76,30 @@ class NoPosition(PositionEncoding):
 class SinusoidalPosition(PositionEncoding):
     """Fixed sinusoids added to the token embeddings (Vaswani et al., 2017); no parameters, no limit.
 
-    ``PE[p, 2i] = sin(p / base^(2i/C))`` and ``PE[p, 2i+1] = cos(p / base^(2i/C))``, computed from the
-    positions on the fly, so any position works. An odd ``n_embd`` drops the last cosine.
+    ``PE[p, 2i] = scale · sin(p / base^(2i/C))`` and ``PE[p, 2i+1] = scale · cos(p / base^(2i/C))``,
+    computed from the positions on the fly, so any position works. An odd ``n_embd`` drops the last
+    cosine.
     """
 
-    def __init__(self, config: GPTConfig, base: float = 10000.0) -> None:
+    def __init__(self, config: GPTConfig, base: float = 10000.0, scale: float = 0.02) -> None:
         """
         Args:
             base: the longest wavelength is 2π·base positions (the paper: 10000).
+            scale: amplitude of the sinusoids. GPT-2's token embeddings start at std 0.02, and
+                sinusoids of amplitude 1 (the paper, whose embeddings are multiplied by √n_embd) drown
+                them: 0.02 gives position the weight a learned table starts with.
         """
         super().__init__(config)
-        self.n_embd = config.n_embd
+        if scale <= 0:
+            raise GPT2KitError(f"SinusoidalPosition scale={scale} must be > 0 (default 0.02)")
+        self.n_embd, self.scale = config.n_embd, scale
         inv_freq = base ** (-torch.arange(0, config.n_embd, 2, dtype=torch.float32) / config.n_embd)
         self.register_buffer("inv_freq", inv_freq, persistent=False)  # (ceil(C/2),)
 
     def embed(self, x: Tensor, pos: Tensor) -> Tensor:
         angles = pos[..., None].float() * self.inv_freq  # (B|1, T, ceil(C/2))
         pe = torch.stack([angles.sin(), angles.cos()], dim=-1).flatten(-2)  # (B|1, T, ≥C) sin, cos, ...
-        return x + pe[..., : self.n_embd].to(x.dtype)
+        return x + (self.scale * pe[..., : self.n_embd]).to(x.dtype)
 
 
 @POSITION.register("rotary")
