@@ -11,7 +11,6 @@ one per line on stdin — each reply is then printed on its own line. Lines that
 from __future__ import annotations
 
 import contextlib
-import logging
 import sys
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Literal, TextIO
@@ -20,8 +19,6 @@ from gpt2kit.errors import GPT2KitError
 
 if TYPE_CHECKING:
     from gpt2kit.chat.session import ChatSession
-
-log = logging.getLogger(__name__)
 
 COMMANDS = {
     "/reset": "forget the conversation (the system prompt stays)",
@@ -119,17 +116,13 @@ def _command(session: ChatSession, line: str, out: TextIO) -> bool | None:
         return False
     if word == "/reset":
         session.reset()
-        log.info("(conversation cleared)")
+        sys.stderr.write("(conversation cleared)\n")
     elif word == "/history":
         out.write(session.history_text() + "\n")
     elif word == "/help":
         out.write("".join(f"{c:<10} {what}\n" for c, what in COMMANDS.items()))
     else:
-        log.info(
-            "unknown command %s: commands are %s; a message cannot start with '/' alone",
-            word,
-            ", ".join(COMMANDS),
-        )
+        sys.stderr.write(f"unknown command {word}: the commands are {', '.join(COMMANDS)}\n")
     return True
 
 
