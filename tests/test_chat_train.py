@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import functools
 import os
+import sys
 from contextlib import contextmanager
 
 import lightning as L
@@ -69,9 +70,13 @@ def workdir(tmp_path_factory):
     base = tiny_module(50257)
     base.tokenizer = GPT2Tokenizer()
     save_checkpoint(base, tmp / BASE)
-    with cwd(tmp):
-        for recipe in ("smoke", "topical-chat"):
-            main(["fit", "--config", str(RECIPES / "chat" / f"{recipe}.yaml"), *TINY_CHAT])
+    argv = sys.argv[:]  # main() hands its arguments to LightningCLI through sys.argv
+    try:
+        with cwd(tmp):
+            for recipe in ("smoke", "topical-chat"):
+                main(["fit", "--config", str(RECIPES / "chat" / f"{recipe}.yaml"), *TINY_CHAT])
+    finally:
+        sys.argv = argv
     return tmp
 
 

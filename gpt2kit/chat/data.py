@@ -338,17 +338,16 @@ def summary(meta: dict[str, Any]) -> str:
         f"{tr['samples']:,} train + {va['samples']:,} val samples from {meta['conversations']:,} conversations; "
         f"{total['learned']:,} learned of {total['tokens']:,} tokens; {total['truncated']:,} truncated "
         f"({total['cut']:,} cut inside the last assistant turn), {total['dropped']:,} dropped with no learned "
-        f"token, {meta['bad_rows']:,} bad rows left out"
+        f"token, {meta['bad_rows']:,} bad row(s) left out"
     )
 
 
 def _report_bad_rows(meta: dict[str, Any]) -> None:
     if meta.get("bad_rows"):
         log.warning(
-            "%d bad rows were left out of this data (on_bad_row=skip), e.g. %s; all are listed in %s",
+            "%d bad row(s) were left out of this data (on_bad_row=skip), e.g. %s; all are listed in meta.json",
             meta["bad_rows"],
             meta["bad_row_list"][0],
-            "meta.json",
         )
 
 
@@ -467,7 +466,7 @@ def _write_samples(
         "bad_row_list": bad[:1000],
     }
     if bad:
-        log.warning("left out %d bad rows in all (listed in meta.json)", len(bad))
+        log.warning("left out %d bad row(s) in all (listed in meta.json)", len(bad))
     return meta, tokenizer
 
 

@@ -96,7 +96,11 @@ class ChatTemplate:
         raise NotImplementedError
 
     def reply_end(self) -> list[Piece]:
-        """What follows a generated reply in the history: the end-of-turn (and any separator)."""
+        """What follows a generated reply in the history: the end-of-turn (and any separator).
+
+        The assistant turn's pieces after those of :meth:`reply_header`; override it for a template
+        whose turns do not start with the reply header.
+        """
         pieces = self.turn("assistant", "")
         header = len(self.reply_header())
         return pieces[header:]
@@ -126,6 +130,9 @@ class ChatTemplate:
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, ChatTemplate) and self.to_dict() == other.to_dict()
+
+    def __hash__(self) -> int:
+        return hash(repr(sorted(self.to_dict().items())))
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
