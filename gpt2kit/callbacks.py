@@ -3,6 +3,7 @@ the JSONL writer of ``predict``."""
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,6 +15,7 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from gpt2kit.errors import GPT2KitError
 from gpt2kit.finetune import load_weights, model_parts, parameter_table, set_trainable
+from gpt2kit.tokenizers import Tokenizer
 
 if TYPE_CHECKING:
     from gpt2kit.lit import GPTLitModule
@@ -31,7 +33,7 @@ class FineTuning(L.Callback):
     """
 
     def setup(self, trainer: L.Trainer, pl_module: GPTLitModule, stage: str) -> None:
-        load_init_weights(pl_module)
+        load_init_weights(pl_module, getattr(trainer.datamodule, "tokenizer", None))
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: GPTLitModule) -> None:
         policy = pl_module.finetune
@@ -66,16 +68,44 @@ class FineTuning(L.Callback):
             )
 
 
-def load_init_weights(module: GPTLitModule) -> None:
-    """Load ``module.init_from`` into the model (once); adopt its tokenizer if the module has none yet."""
+def load_init_weights(module: GPTLitModule, tokenizer: Tokenizer | None = None) -> None:
+    """Load ``module.init_from`` into the model (once); adopt its tokenizer if the module has none yet.
+
+    ``tokenizer`` is the one the model is to use (the data's). When it is the checkpoint's tokenizer with
+    special tokens added after its vocabulary (a chat template's), the model's vocabulary is larger
+    than the checkpoint's: the checkpoint's rows are loaded, the new tokens keep their fresh
+    initialisation, and the module adopts the extended tokenizer.
+    """
     if module.init_from is None or getattr(module, "_init_from_loaded", None) == module.init_from:
         return
     policy = module.finetune
     adapters = policy.added_parameters(module.model) if policy is not None else set()
-    tokenizer = load_weights(module.model, module.init_from, adapters)
+    grow = tokenizer is not None and tokenizer.vocab_size == module.model.config.vocab_size
+    saved = load_weights(module.model, module.init_from, adapters, grow_vocab=grow)
+    if grow and saved is not None and tokenizer.vocab_size > saved.vocab_size:
+        if added_special_tokens(tokenizer, saved) is None:
+            raise GPT2KitError(
+                f"the data's tokenizer ({tokenizer!r}) is not the tokenizer of init_from {module.init_from} "
+                f"({saved!r}) with special tokens added: prepare the data with the checkpoint's tokenizer "
+                "(CheckpointTokenizer with the same path)"
+            )
+        saved = tokenizer  # the checkpoint's vocabulary and the new tokens: the model's vocabulary now
+        module._grown_vocab = True
     if module.tokenizer is None:
-        module.tokenizer = tokenizer
+        module.tokenizer = saved
     module._init_from_loaded = module.init_from
+
+
+def added_special_tokens(new: Tokenizer, old: Tokenizer) -> list[str] | None:
+    """The special tokens ``new`` adds to ``old`` (same ids for all of ``old``'s), or None if it is not
+    ``old`` with special tokens appended."""
+    added = [t for t in new.special_tokens if t not in old.special_tokens]
+    extended = copy.deepcopy(old)
+    try:
+        extended.add_special_tokens(added)
+    except GPT2KitError:
+        return None
+    return added if extended == new else None
 
 
 def keep_checkpoint_parameters(module: GPTLitModule, checkpoint: dict[str, Any]) -> None:
@@ -84,6 +114,9 @@ def keep_checkpoint_parameters(module: GPTLitModule, checkpoint: dict[str, Any])
     if keep is None:
         return
     keep = {f"model.{name}" for name in keep}
+    if getattr(module, "_grown_vocab", False):  # the new tokens' rows exist nowhere else: keep them
+        vocab = module.model.config.vocab_size
+        keep |= {k for k, v in checkpoint["state_dict"].items() if v.ndim and v.shape[0] == vocab}
     checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
     checkpoint.setdefault("gpt2kit", {})["adapters_only"] = True
 
@@ -102,7 +135,8 @@ def complete_checkpoint(module: GPTLitModule, checkpoint: dict[str, Any]) -> Non
             "this checkpoint holds LoRA adapters only and names no base (model.init_from): "
             "set model.init_from to the checkpoint the adapters were trained on"
         )
-    load_init_weights(module)
+    saved = checkpoint.get("gpt2kit", {}).get("tokenizer")
+    load_init_weights(module, Tokenizer.from_dict(saved) if saved is not None else None)
     for key, value in module.state_dict().items():
         checkpoint["state_dict"].setdefault(key, value)
 

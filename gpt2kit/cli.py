@@ -3,6 +3,7 @@
     python -m gpt2kit fit --config recipes/pretrain/shakespeare-char.yaml
     python -m gpt2kit prepare --config recipes/pretrain/gutenberg-gpt2.yaml   # the data alone
     python -m gpt2kit generate --ckpt runs/shakespeare-char/.../last.ckpt --prompt "ROMEO:"
+    python -m gpt2kit chat --ckpt runs/chat-topical/checkpoints/last.ckpt    # multi-turn chat REPL
     python -m gpt2kit predict --config recipes/predict/completions.yaml --ckpt_path CKPT --data.prompts FILE
     python -m gpt2kit import-hf HF_DIR OUT.ckpt        # Hugging Face GPT-2 folder → checkpoint
     python -m gpt2kit export-hf CKPT OUT_DIR           # and back
@@ -27,6 +28,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from gpt2kit.ablate import ablate_command
+from gpt2kit.chat.repl import chat_command  # and gpt2kit.chat: ChatDataModule by its short name
 from gpt2kit.errors import GPT2KitError
 from gpt2kit.registry import PLUGIN_ENV, failed_plugins, kinds, list_components, load_plugins, registry
 
@@ -308,6 +310,7 @@ def _run_function(fn: Callable[..., None], args: Sequence[str], prog: str) -> No
 COMMANDS: dict[str, Callable[..., None]] = {
     "list": list_command,
     "generate": generate_command,
+    "chat": chat_command,
     "prepare": prepare_command,
     "import-hf": import_hf_command,
     "export-hf": export_hf_command,

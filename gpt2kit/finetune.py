@@ -419,12 +419,19 @@ def _replace(model: nn.Module, name: str, module: nn.Module) -> None:
 # --- starting from a checkpoint ----------------------------------------------------------------------
 
 
-def load_weights(model: GPT, path: str, adapters: set[str] = frozenset()) -> Tokenizer | None:
+def load_weights(
+    model: GPT, path: str, adapters: set[str] = frozenset(), grow_vocab: bool = False
+) -> Tokenizer | None:
     """Load a gpt2kit checkpoint's model weights (not its optimizer state) into ``model``.
 
     Every tensor must match by name and shape, except ``adapters`` (parameters a fine-tuning policy
     added, which the checkpoint need not hold); anything else is refused in one line that lists the
     mismatched tensors. Returns the checkpoint's tokenizer, if it carries one.
+
+    ``grow_vocab``: the model's vocabulary may be larger than the checkpoint's (special tokens added
+    after it, e.g. a chat template's). The checkpoint's rows of every vocabulary-sized tensor (the
+    token embedding, a head's own weight) are loaded; the new rows keep the model's initialisation, as
+    after :meth:`GPT.resize_token_embeddings`.
     """
     from gpt2kit.checkpoint import load_weights as check_and_load
     from gpt2kit.checkpoint import read_checkpoint
@@ -447,9 +454,25 @@ def load_weights(model: GPT, path: str, adapters: set[str] = frozenset()) -> Tok
     arch = ckpt.get("hyper_parameters", {}).get("arch", {})
     sizes = ", ".join(f"{k}={v}" for k, v in arch.items() if k not in ("vocab_size", "dropout")) or "?"
     fix = f"make model.arch and the components match the checkpoint's ({sizes})"
+    if grow_vocab:
+        weights = _grown(model, weights)
     check_and_load(model, weights, source=f"init_from {path}", optional=adapters, fix=fix)
     tokenizer = extra.get("tokenizer")
     return Tokenizer.from_dict(tokenizer) if tokenizer is not None else None
+
+
+def _grown(model: GPT, weights: dict[str, Tensor]) -> dict[str, Tensor]:
+    """``weights`` with each vocabulary-sized tensor extended to the model's vocabulary by its own rows."""
+    old, new = weights["wte.weight"].shape[0], model.config.vocab_size
+    if old >= new:
+        return weights
+    own = model.state_dict()
+    grown = dict(weights)
+    for name, w in weights.items():
+        mine = own.get(name)
+        if mine is not None and w.shape[0] == old and mine.shape[0] == new and w.shape[1:] == mine.shape[1:]:
+            grown[name] = torch.cat([w.to(mine.dtype), mine[old:]])  # checkpoint rows, then the new ones
+    return grown
 
 
 # --- reporting ----------------------------------------------------------------------------------------

@@ -207,6 +207,43 @@ class _Detokenizer:
         return len(self.text) - held
 
 
+class PromptCache:
+    """A batch-1 KV cache kept from one generation to the next, e.g. across the turns of a chat.
+
+    A :class:`Generation` given one prefills only what follows the longest prefix of its prompt that
+    the cache already holds (at least the last prompt token, whose logits it needs). The next turn of
+    a chat extends the previous prompt and reply, so it costs only its new tokens. The cache spans the
+    model's whole context; it is rebuilt when the model, its dtype or its device changes.
+    """
+
+    def __init__(self) -> None:
+        self.kv: list | None = None
+        self.tokens: list[int] = []
+        """The ids whose keys and values the cache holds, in order from position 0."""
+        self.reused = 0
+        """How many prompt tokens the last generation took from the cache instead of computing them."""
+        self._model: GPT | None = None
+
+    def clear(self) -> None:
+        """Forget everything (the next prompt is computed in full)."""
+        self.tokens, self.reused = [], 0
+        if self.kv is not None:
+            for layer in self.kv:
+                layer.truncate(0)
+
+    def _attach(self, model: GPT) -> list:
+        ref = next(model.parameters())
+        kv = self.kv
+        if (
+            kv is None
+            or self._model is not model
+            or kv[0].k.dtype != ref.dtype
+            or kv[0].k.device != ref.device
+        ):
+            self.kv, self._model, self.tokens = model.new_cache(1, model.config.block_size), model, []
+        return self.kv
+
+
 class Generation:
     """One batched generation run; iterate it to get each step's new token per row.
 
@@ -221,6 +258,7 @@ class Generation:
         prompts: Tensor | Sequence[Sequence[int]],
         cfg: SamplingConfig,
         tokenizer: Tokenizer | None = None,
+        cache: PromptCache | None = None,
     ) -> None:
         """
         Args:
@@ -228,12 +266,17 @@ class Generation:
             prompts: token ids, (B, T) or a list of B lists of any lengths.
             cfg: sampling options.
             tokenizer: decodes completions and stop strings; None: token ids only.
+            cache: a KV cache kept between generations of one prompt each (chat turns): the prompt's
+                prefix that it already holds is not computed again, and it holds prompt and completion
+                afterwards. None: a fresh cache for this run.
         """
         rows = prompts.tolist() if isinstance(prompts, Tensor) else [[int(t) for t in p] for p in prompts]
         if not rows:
             raise GPT2KitError("no prompts given: pass at least one prompt")
         if any(len(r) == 0 for r in rows):
             raise GPT2KitError("empty prompt: give at least one token (e.g. the end-of-text token)")
+        if cache is not None and len(rows) != 1:
+            raise GPT2KitError(f"a PromptCache serves one prompt at a time, got a batch of {len(rows)}")
         if cfg.stop and tokenizer is None:
             raise GPT2KitError(
                 f"stop strings {cfg.stop} need a tokenizer: pass tokenizer= or use stop_token_ids"
@@ -269,6 +312,7 @@ class Generation:
         self.matvec = _MatVecLinear() if fast_path else contextlib.nullcontext()
         self.cache: list | None = None
         self.next_pos: Tensor | None = None  # (B,) each row's next position
+        self.prompt_cache = cache
 
     @property
     def batch_size(self) -> int:
@@ -276,6 +320,8 @@ class Generation:
 
     def _prefill(self, rows: list[list[int]], room: int) -> Tensor:
         """Run left-padded ``rows`` through a fresh cache with ``room`` free slots; last logits (B, vocab)."""
+        if self.prompt_cache is not None:
+            return self._prefill_reusing(rows[0])
         lengths = [len(r) for r in rows]
         L = max(lengths)
         # Padding repeats the row's first token: it is masked out of attention, and keeps ids valid.
@@ -289,6 +335,22 @@ class Generation:
         self.cache = self.model.new_cache(len(rows), min(self.block_size, L + room))
         self.next_pos = torch.tensor(lengths, device=self.device)
         return self.model(ids, pos=pos, valid=valid, cache=self.cache, last_only=True)[:, -1]  # (B, vocab)
+
+    def _prefill_reusing(self, row: list[int]) -> Tensor:
+        """Prefill one row into the kept cache from the end of the prefix it already holds; (1, vocab)."""
+        kept = self.prompt_cache
+        self.cache = kept._attach(self.model)
+        n, limit = 0, min(len(row) - 1, len(kept.tokens))  # the last prompt token is always fed: its logits
+        while n < limit and row[n] == kept.tokens[n]:
+            n += 1
+        for layer in self.cache:
+            layer.truncate(n)
+        kept.tokens, kept.reused = row[:n], n  # true even if the forward below is interrupted
+        ids = torch.tensor([row[n:]], device=self.device)  # (1, T - n) positions continue from n
+        logits = self.model(ids, cache=self.cache, last_only=True)[:, -1]
+        kept.tokens = list(row)
+        self.next_pos = torch.tensor([len(row)], device=self.device)
+        return logits
 
     def _seen(self) -> Tensor | None:
         if self.cfg.repetition_penalty == 1.0:
@@ -350,6 +412,8 @@ class Generation:
                 with self.matvec:
                     logits = model(token[:, None], pos=self.next_pos[:, None], cache=self.cache)[:, -1]
                 self.next_pos += 1
+                if self.prompt_cache is not None:
+                    self.prompt_cache.tokens.append(int(token[0]))
 
     def completions(self) -> list[Completion]:
         """The results, once iteration has ended."""

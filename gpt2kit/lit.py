@@ -141,6 +141,7 @@ class GPTLitModule(L.LightningModule):
         if finetune is not None:
             finetune.setup(self.model)  # adds adapters (LoRA) and freezes; init_from loads at setup()
         self.tokenizer: Tokenizer | None = None
+        self.chat_template: dict[str, Any] | None = None  # a chat model's template (data's), for `chat`
         self.val_bytes_per_token: float | None = None  # from the data, for bits per byte
         self.val_loss = MeanMetric()
         self._throughput_since: float | None = None  # start of the interval tokens/s is averaged over
@@ -343,6 +344,15 @@ class GPTLitModule(L.LightningModule):
     def setup(self, stage: str) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
         self.val_bytes_per_token = getattr(datamodule, "val_bytes_per_token", None)
+        template = getattr(datamodule, "chat_template", None)
+        if template is not None:
+            spec = template.to_dict()
+            if self.chat_template is not None and self.chat_template != spec:
+                raise GPT2KitError(
+                    f"the model was trained with the chat template {self.chat_template['name']} but the data uses "
+                    f"{spec['name']}: prepare the data with the model's template"
+                )
+            self.chat_template = spec
         data_tok = getattr(datamodule, "tokenizer", None)
         if data_tok is None:
             return
@@ -366,6 +376,8 @@ class GPTLitModule(L.LightningModule):
             )
         tokenizer = self.tokenizer.to_dict() if self.tokenizer is not None else None
         checkpoint["gpt2kit"] = {"version": __version__, "tokenizer": tokenizer, "rng": resume.rng_state()}
+        if self.chat_template is not None:
+            checkpoint["gpt2kit"]["chat_template"] = self.chat_template
         keep_checkpoint_parameters(self, checkpoint)  # LoRA's save_adapters_only
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -396,6 +408,7 @@ class GPTLitModule(L.LightningModule):
                 )
         if saved is not None:
             self.tokenizer = saved_tok
+        self.chat_template = checkpoint.get("gpt2kit", {}).get("chat_template", self.chat_template)
         if self._trainer is not None:  # resuming a fit (not load_module): continue its random stream
             self._rng_to_restore = checkpoint.get("gpt2kit", {}).get("rng")
 

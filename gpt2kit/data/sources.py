@@ -68,6 +68,35 @@ def _gutenberg(book: int, commit: str, sha: str) -> RemoteFile:
     return RemoteFile(f"{book}-0.txt", f"{_GH}/gutenbergbooks/{book}/{commit}/{book}-0.txt", sha)
 
 
+_CHATTERBOT = "a01efece26661309b870af0251d96f94ee09fb19"
+_CHATTERBOT_FILES = {  # chatterbot_corpus/data/english/<name>.yml: sha256
+    "ai": "620a65787a56641db4a03e1419a7578e813967218cf6721e3ea4ef90844916aa",
+    "botprofile": "1a694c5288f3f8f87d027d2f98dae71d02efa88e28853a6e5d27e6dbce907294",
+    "coding": "0de8d7d7e6095164c59d7b0ef97c402c770c2d7982f485ab372dc6736c1a4e79",
+    "computers": "a222c5a432efe4289e6c5edf1c3d99fd26c48df99db0ff893d1d5ab569f5b750",
+    "conversations": "1cf105b5802f377b2dc145f741f7df85629c9ca27e450538165286a75b5e3416",
+    "emotion": "510a018938c1880dd0f67e1ae458e26878c91a570daef5a84fb83713c89f0989",
+    "food": "68eab2497721d03044d520b70c27d8a0d8ba8e505b3265fb3a1ff3e1a64c7124",
+    "gossip": "d6f1b1613ed70821fc1c427bdd00395f58b77ff57d76fbe4ab8cb2038cf15c9b",
+    "greetings": "0dd7eb8dcee8e2a38cd1a137bcfbd7f3eb732cddfa1bd396fac5a24b063a4d55",
+    "health": "eb88edc5302d688ca096374c7e3f5b9d7cd821f053a17d80204c4acdc20ea4f5",
+    "history": "0ff4beeb6ef9b641dc12e1039a149c6a03eb8f2e183702fad2b0997fcc1d63e3",
+    "humor": "d2aa03a63f0e8e054589f642788afbc41b8c76f5d734c50901a9a63b359ea06b",
+    "literature": "9361ff1478273d811259ca307a1e6be23a5e08e776a5bc5d9524fb13deb886f1",
+    "money": "2911d9766625ff5c2feb3d784f2951b2ebd5e9658547efce7568d0282c49274b",
+    "movies": "075ca9d91a527206c635c88bf0353323826a25a6f2057be1bc71888af389f842",
+    "politics": "c436d5efedea6f715a8a811423a8edf396097771eb11e43b1f0a43a6aee7c2f0",
+    "psychology": "5047c211d35f715af4fbc3398f111135e99d34afcd0905a661c40bdeb1413a58",
+    "science": "3c259799bba36c67a1601fc264ec01ab051e9e63950734ce1ef644e022081fe7",
+    "sports": "8d1bcc632cad4058e3b8490daa15dcd7c2a51790a7b9140b252600b794590403",
+    "tech_support": "8a87cdf32579c8efdd9c5f3ef166ae9fb76dcf271b958f5e2265b9246b430655",
+    "trivia": "3a9de77e6d82803d1ea3eba48cf6543c884908f4c4f50501fed69f88112994dc",
+}
+
+CHAT_READERS = ("topical-chat", "chatterbot")
+"""Readers of dialogue corpora: their files hold conversations, read by :mod:`gpt2kit.chat`."""
+
+
 def _poetry(name: str, upstream: str, sha: str) -> RemoteFile:
     """A file of chinese-poetry/chinese-poetry at a fixed commit; upstream paths are Chinese (URL-quoted)."""
     commit = "99ebbef7e1345c0985c44b9fd96a3f9e776f117b"
@@ -185,6 +214,31 @@ CORPORA: dict[str, Corpus] = {
                 ),
             ),
             reader="chinese-poetry",
+        ),
+        Corpus(
+            "topical-chat",
+            "Topical-Chat (Amazon Alexa), valid_freq split: 539 human-human conversations, ~22 turns each",
+            (
+                RemoteFile(
+                    "valid_freq.json",
+                    f"{_GH}/alexa/Topical-Chat/7c939229cbcf6f55f6977b341a5a2f2fe982d53f/conversations/valid_freq.json",
+                    "d14e8bde94fa5556d4aad8fd3fb666df674e4fef8b4193c8c3c06c72822a366b",
+                ),
+            ),
+            reader="topical-chat",
+        ),
+        Corpus(
+            "chatterbot-corpus-english",
+            "ChatterBot's English corpus: 2,026 short hand-written conversations in 21 topic files",
+            tuple(
+                RemoteFile(
+                    f"{name}.yml",
+                    f"{_GH}/gunthercox/chatterbot-corpus/{_CHATTERBOT}/chatterbot_corpus/data/english/{name}.yml",
+                    sha,
+                )
+                for name, sha in _CHATTERBOT_FILES.items()
+            ),
+            reader="chatterbot",
         ),
     ]
 }
@@ -407,6 +461,11 @@ class TextSource:
     def resolve(cls, spec: str, field: str = "text") -> TextSource:
         if spec in CORPORA:
             corpus = CORPORA[spec]
+            if corpus.reader in CHAT_READERS:
+                raise GPT2KitError(
+                    f"corpus '{spec}' holds conversations, not plain text: read it with ChatDataModule "
+                    "(data.class_path: ChatDataModule, see recipes/chat/)"
+                )
             if corpus.reader not in READERS:
                 raise GPT2KitError(f"corpus '{spec}' holds no text to train on ({corpus.description})")
             root = fetch_corpus(spec)

@@ -1,0 +1,731 @@
+"""Chat data for fine-tuning: conversations → token samples with a loss mask, prepared once.
+
+From conversation to training sample:
+
+1. **Read** conversations (chat JSONL, Topical-Chat, ChatterBot; :mod:`gpt2kit.chat.conversations`).
+   A bad row stops preparation with its location, or with ``on_bad_row="skip"`` is left out and
+   reported (logged, counted and listed in ``meta.json``).
+2. **Encode** each message as a turn with the chat template (:mod:`gpt2kit.chat.template`): ids, and a
+   mask that is True on the tokens the model learns — the content and end-of-turn of *every* assistant
+   turn, nothing else.
+3. **Fit the window** of ``block_size + 1`` tokens (inputs plus the shifted target), see
+   :func:`build_sample`: turns after the last assistant turn are dropped (nothing to learn there); a
+   conversation that is too long loses its oldest turns, whole, keeping a leading system message while
+   it fits, so that the sample still starts at a turn boundary and ends with the last assistant turn.
+   Only when that last assistant turn alone is longer than the window is it cut, from the left. A
+   sample left with no learned token is dropped and counted.
+4. **Write** the samples of each split (whole conversations: every ``1/val_fraction``-th one goes to
+   validation) as flat token and mask files plus sample offsets, atomically, under the cache; the
+   folder is reused while sources, tokenizer, template and window are unchanged.
+
+Serving: a batch holds whole samples, right-padded to its longest one (``pad_to_block``: to
+``block_size``), with target ``IGNORE_INDEX`` (-100) wherever the mask is False or on padding — so the
+loss, and the validation loss, are over assistant tokens only. With ``pack=True`` several training
+samples share a window (next-fit in a shuffled order; never two readings of one conversation); each
+keeps its own mask. Packed conversations can attend to the ones before them in the window, as
+documents do in pretraining; validation is never packed, so its loss compares across settings.
+"""
+
+from __future__ import annotations
+
+import copy
+import glob
+import hashlib
+import json
+import logging
+import os
+import shutil
+import socket
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning as L
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from gpt2kit.chat.conversations import (
+    BadRow,
+    Conversation,
+    DialogueRoles,
+    Row,
+    read_chat_jsonl,
+    read_chatterbot,
+    read_topical_chat,
+)
+from gpt2kit.chat.template import ChatEncoder, ChatTemplate, EncodedTurn, RoleTokensTemplate
+from gpt2kit.data.prepare import _held_out, _remove_abandoned, token_dtype
+from gpt2kit.data.sampler import PAD, EvalSampler, RandomWindowSampler, ResumableDataLoader
+from gpt2kit.data.sources import CHAT_READERS, CORPORA, cache_dir, fetch_corpus, sha256_file
+from gpt2kit.errors import GPT2KitError
+from gpt2kit.tokenizers import Tokenizer
+
+log = logging.getLogger(__name__)
+
+IGNORE_INDEX = -100  # a target that contributes no loss (gpt2kit.lit's and torch's cross_entropy default)
+FORMAT_VERSION = 1
+BATCH_CONVERSATIONS = 512
+"""Conversations tokenized together (one ``encode_batch`` call)."""
+SUFFIX_READERS = {".jsonl": "jsonl", ".json": "topical-chat", ".yml": "chatterbot", ".yaml": "chatterbot"}
+"""How a local file is read, by its suffix."""
+OnBadRow = Literal["error", "skip"]
+
+
+# --- one conversation → one sample ------------------------------------------------------------------------
+
+
+@dataclass
+class Sample:
+    """A training sample: token ids and the mask of learned tokens, at most ``block_size + 1`` long."""
+
+    ids: list[int]
+    mask: list[bool]
+    truncated: bool = False
+    """Earlier turns were dropped (or cut) to fit the window."""
+    cut: bool = False
+    """The window starts inside a turn: the last assistant turn alone was longer than the window."""
+
+
+def build_sample(turns: Sequence[EncodedTurn], window: int) -> Sample | None:
+    """Fit a conversation's turns into ``window`` tokens; None if no token would be learned.
+
+    Turns after the last learned (assistant) turn are dropped. While the rest is too long, the oldest
+    turn goes — but not a leading system message, which goes only when the last assistant turn alone
+    does not fit beside it. If that turn alone is still longer than the window, its oldest tokens are
+    cut. The first token of a sample is never a target, so a sample needs a learned token after it.
+    """
+    last = max((i for i, t in enumerate(turns) if t.learned), default=None)
+    if last is None:
+        return None
+    turns = list(turns[: last + 1])
+    system = turns.pop(0) if turns[0].role == "system" else None
+    truncated = False
+
+    def size() -> int:
+        return (len(system.ids) if system else 0) + sum(len(t.ids) for t in turns)
+
+    while size() > window and len(turns) > 1:
+        turns.pop(0)
+        truncated = True
+    if size() > window and system is not None:
+        system, truncated = None, True
+    kept = ([system] if system else []) + turns
+    ids = [i for t in kept for i in t.ids]
+    mask = [m for t in kept for m in t.mask]
+    cut = len(ids) > window
+    if cut:
+        ids, mask = ids[-window:], mask[-window:]
+    if not any(mask[1:]):
+        return None
+    return Sample(ids, mask, truncated or cut, cut)
+
+
+# --- sources ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ChatSource:
+    """The files of a chat data source and how each is read."""
+
+    spec: str
+    files: list[tuple[Path, str]]
+    """(path, reader): reader is ``jsonl``, ``topical-chat`` or ``chatterbot``."""
+
+    @classmethod
+    def resolve(cls, spec: str) -> ChatSource:
+        if spec in CORPORA:
+            corpus = CORPORA[spec]
+            if corpus.reader not in CHAT_READERS:
+                raise GPT2KitError(
+                    f"corpus '{spec}' holds plain text, not conversations: train on it with TextDataModule, or "
+                    f"give ChatDataModule a dialogue corpus ({', '.join(chat_corpora())}) or chat .jsonl files"
+                )
+            root = fetch_corpus(spec)
+            return cls(spec, [(root / f.path, corpus.reader) for f in corpus.files])
+        path = Path(spec).expanduser()
+        if path.is_dir():
+            paths = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in SUFFIX_READERS)
+        elif any(ch in spec for ch in "*?["):
+            paths = sorted(Path(p) for p in glob.glob(str(path), recursive=True) if Path(p).is_file())
+        else:
+            paths = [path] if path.is_file() else []
+        if not paths:
+            raise GPT2KitError(
+                f"chat data source '{spec}' is neither a dialogue corpus ({', '.join(chat_corpora())}) nor an "
+                "existing chat file, folder or glob (.jsonl chat format, .json Topical-Chat, .yml ChatterBot)"
+            )
+        unknown = [p for p in paths if p.suffix not in SUFFIX_READERS]
+        if unknown:
+            raise GPT2KitError(
+                f"{unknown[0]}: cannot tell how to read a '{unknown[0].suffix}' file as conversations: give .jsonl "
+                '(one {"messages": [...]} per line), .json (Topical-Chat) or .yml (ChatterBot) files'
+            )
+        return cls(spec, [(p, SUFFIX_READERS[p.suffix]) for p in paths])
+
+    def rows(self, roles: DialogueRoles) -> Iterator[Row]:
+        for path, reader in self.files:
+            if reader == "jsonl":
+                yield from read_chat_jsonl(path)
+            elif reader == "topical-chat":
+                yield from read_topical_chat(path, roles)
+            else:
+                yield from read_chatterbot(path)
+
+    def fingerprint(self) -> str:
+        h = hashlib.sha256()
+        for path, reader in self.files:
+            h.update(f"{path.name}:{reader}:{sha256_file(path)}".encode())
+        return h.hexdigest()
+
+
+def chat_corpora() -> list[str]:
+    return [name for name, c in CORPORA.items() if c.reader in CHAT_READERS]
+
+
+# --- preparation --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class PreparedChat:
+    """Prepared chat samples on disk: per split, ``.bin`` ids, ``.mask.bin``, ``.idx.npy``, ``.group.npy``."""
+
+    path: Path
+    meta: dict[str, Any]
+    tokenizer: Tokenizer
+
+    def ids(self, split: str) -> np.memmap:
+        return _memmap(self.path / f"{split}.bin", np.dtype(self.meta["dtype"]))
+
+    def mask(self, split: str) -> np.memmap:
+        return _memmap(self.path / f"{split}.mask.bin", np.dtype(np.uint8))
+
+    def offsets(self, split: str) -> np.ndarray:
+        """Sample i is tokens ``offsets[i]:offsets[i + 1]``."""
+        return np.load(self.path / f"{split}.idx.npy")
+
+    def groups(self, split: str) -> np.ndarray:
+        """The source conversation of each sample (the readings of one conversation share it)."""
+        return np.load(self.path / f"{split}.group.npy")
+
+
+def _memmap(path: Path, dtype: np.dtype) -> np.ndarray:
+    if path.stat().st_size == 0:  # numpy cannot map an empty file
+        return np.zeros(0, dtype=dtype)
+    return np.memmap(path, dtype=dtype, mode="r")
+
+
+class _Split:
+    """One split's files being written, with its counts."""
+
+    def __init__(self, out: Path, split: str, dtype: np.dtype) -> None:
+        self.ids = open(out / f"{split}.bin", "wb")  # noqa: SIM115  closed in close()
+        self.mask = open(out / f"{split}.mask.bin", "wb")  # noqa: SIM115
+        self.dtype = dtype
+        self.offsets = [0]
+        self.groups: list[int] = []
+        self.counts = dict(readings=0, samples=0, truncated=0, cut=0, dropped=0, tokens=0, learned=0)
+
+    def add(self, sample: Sample, group: int) -> None:
+        np.asarray(sample.ids, dtype=self.dtype).tofile(self.ids)
+        np.asarray(sample.mask, dtype=np.uint8).tofile(self.mask)
+        self.offsets.append(self.offsets[-1] + len(sample.ids))
+        self.groups.append(group)
+        c = self.counts
+        c["samples"] += 1
+        c["truncated"] += sample.truncated
+        c["cut"] += sample.cut
+        c["tokens"] += len(sample.ids)
+        c["learned"] += sum(sample.mask[1:])  # targets: every token but the first
+
+    def close(self, out: Path, split: str) -> None:
+        self.ids.close()
+        self.mask.close()
+        np.save(out / f"{split}.idx.npy", np.asarray(self.offsets, dtype=np.int64))
+        np.save(out / f"{split}.group.npy", np.asarray(self.groups, dtype=np.int64))
+
+
+def prepare_chat(
+    sources: Sequence[ChatSource],
+    tokenizer: Tokenizer,
+    template: ChatTemplate,
+    root: Path,
+    block_size: int,
+    val_fraction: float = 0.1,
+    roles: DialogueRoles = "both",
+    on_bad_row: OnBadRow = "error",
+    max_conversations: int | None = None,
+    progress: bool | None = None,
+) -> PreparedChat:
+    """Prepare (or reuse) chat samples under ``root/<sources>/<template>-<tokenizer>-<key>/``."""
+    if not 0.0 < val_fraction < 1.0:
+        raise GPT2KitError(f"val_fraction={val_fraction} must be between 0 and 1 (exclusive)")
+    request = {
+        "format": FORMAT_VERSION,
+        "sources": [s.fingerprint() for s in sources],
+        "tokenizer": tokenizer.to_dict(),  # before the template's tokens are added
+        "template": template.to_dict(),
+        "block_size": block_size,
+        "val_fraction": val_fraction,
+        "roles": roles,
+        "on_bad_row": on_bad_row,
+        "max_conversations": max_conversations,
+    }
+    key = hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()
+    name = "+".join(Path(s.spec).stem if s.spec not in CORPORA else s.spec for s in sources) or "chat"
+    out = root / name[:80] / f"{template.name}-{tokenizer.name}-{key[:12]}"
+    if (found := _load(out, key)) is not None:
+        log.info("reusing prepared chat data in %s", out)
+        _report_bad_rows(found.meta)
+        return found
+
+    _remove_abandoned(out)
+    tmp = out.with_name(f".{out.name}.tmp-{socket.gethostname()}-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        meta, tokenizer = _write_samples(
+            sources,
+            tokenizer,
+            template,
+            tmp,
+            block_size,
+            val_fraction,
+            roles,
+            on_bad_row,
+            max_conversations,
+            progress,
+        )
+        meta.update(
+            key=key,
+            sources=[s.spec for s in sources],
+            request={k: request[k] for k in request if k != "tokenizer"},
+        )
+        (tmp / "tokenizer.json").write_text(tokenizer.to_json(), encoding="utf-8")
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False))  # last: marks complete
+        shutil.rmtree(out, ignore_errors=True)
+        try:
+            os.rename(tmp, out)
+        except OSError:  # another process (a DDP rank) finished the same preparation first
+            if (found := _load(out, key)) is None:
+                raise
+            return found
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    log.info("prepared %s: %s", out, summary(meta))
+    return PreparedChat(out, meta, tokenizer)
+
+
+def _load(path: Path, key: str) -> PreparedChat | None:
+    try:
+        meta = json.loads((path / "meta.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if meta.get("key") != key:
+        return None
+    return PreparedChat(
+        path, meta, Tokenizer.from_json((path / "tokenizer.json").read_text(encoding="utf-8"))
+    )
+
+
+def summary(meta: dict[str, Any]) -> str:
+    """One line: samples per split and what truncation, dropping and bad rows did."""
+    tr, va = meta["train"], meta["val"]
+    total = {k: tr[k] + va[k] for k in tr}
+    return (
+        f"{tr['samples']:,} train + {va['samples']:,} val samples from {meta['conversations']:,} conversations; "
+        f"{total['learned']:,} learned of {total['tokens']:,} tokens; {total['truncated']:,} truncated "
+        f"({total['cut']:,} cut inside the last assistant turn), {total['dropped']:,} dropped with no learned "
+        f"token, {meta['bad_rows']:,} bad row(s) left out"
+    )
+
+
+def _report_bad_rows(meta: dict[str, Any]) -> None:
+    if meta.get("bad_rows"):
+        log.warning(
+            "%d bad row(s) were left out of this data (on_bad_row=skip), e.g. %s; all are listed in meta.json",
+            meta["bad_rows"],
+            meta["bad_row_list"][0],
+        )
+
+
+def _conversations(
+    sources: Sequence[ChatSource],
+    roles: DialogueRoles,
+    on_bad_row: OnBadRow,
+    bad: list[str],
+    limit: int | None,
+    quiet: bool = False,
+) -> Iterator[tuple[int, Conversation]]:
+    """Valid conversations with the index of their source conversation; bad rows raise or go to ``bad``."""
+    groups: dict[str, int] = {}
+    for source in sources:
+        for row in source.rows(roles):
+            if isinstance(row, BadRow):
+                if on_bad_row == "error":
+                    raise GPT2KitError(
+                        f"{row} (or set data.init_args.on_bad_row skip to leave such rows out, each one reported)"
+                    )
+                if len(bad) < 20 and not quiet:
+                    log.warning("left out %s", row)
+                bad.append(str(row))
+                continue
+            if row.group not in groups:
+                if limit is not None and len(groups) >= limit:
+                    return
+                groups[row.group] = len(groups)
+            yield groups[row.group], row
+
+
+def _batches(items: Iterable[Any], n: int) -> Iterator[list[Any]]:
+    batch: list[Any] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == n:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _write_samples(
+    sources: Sequence[ChatSource],
+    tokenizer: Tokenizer,
+    template: ChatTemplate,
+    out: Path,
+    block_size: int,
+    val_fraction: float,
+    roles: DialogueRoles,
+    on_bad_row: OnBadRow,
+    limit: int | None,
+    progress: bool | None,
+) -> tuple[dict[str, Any], Tokenizer]:
+    from tqdm import tqdm
+
+    tokenizer = copy.deepcopy(tokenizer)  # the caller's keeps its vocabulary
+    if not tokenizer.is_trained:  # e.g. a char or BPE vocabulary learnt from the conversations themselves
+        log.info("training %s tokenizer on the conversations", tokenizer.name)
+        texts = (
+            m.content
+            for _, c in _conversations(sources, roles, on_bad_row, [], limit, quiet=True)
+            for m in c.messages
+        )
+        tokenizer.train(_chain(template.literal_texts(), texts))
+    tokenizer.add_special_tokens(template.special_tokens())
+    encoder = ChatEncoder(template, tokenizer)
+    dtype = token_dtype(tokenizer.vocab_size)
+    window = block_size + 1
+    splits = {split: _Split(out, split, dtype) for split in ("train", "val")}
+    bad: list[str] = []
+    seen_groups: set[int] = set()
+    bar = tqdm(
+        desc="preparing conversations", unit=" conv", disable=None if progress is None else not progress
+    )
+    try:
+        for batch in _batches(_conversations(sources, roles, on_bad_row, bad, limit), BATCH_CONVERSATIONS):
+            encoded = encoder.encode_many([c.messages for _, c in batch])
+            for (group, _), turns in zip(batch, encoded, strict=True):
+                split = splits["val" if _held_out(group, val_fraction) else "train"]
+                split.counts["readings"] += 1
+                seen_groups.add(group)
+                sample = build_sample(turns, window)
+                if sample is None:
+                    split.counts["dropped"] += 1
+                else:
+                    split.add(sample, group)
+            bar.update(len(batch))
+    finally:
+        bar.close()
+        for name, split in splits.items():
+            split.close(out, name)
+    if not seen_groups:
+        raise GPT2KitError(
+            f"chat data {', '.join(s.spec for s in sources)} holds no usable conversation"
+            + (f" ({len(bad)} bad rows left out, e.g. {bad[0]})" if bad else "")
+        )
+    for name in ("train", "val"):
+        if splits[name].counts["samples"] == 0:
+            raise GPT2KitError(
+                f"chat data {', '.join(s.spec for s in sources)} gives no {name} sample ({len(seen_groups)} "
+                f"conversations, val_fraction={val_fraction}): add conversations, or change val_fraction"
+            )
+    meta = {
+        "format": FORMAT_VERSION,
+        "tokenizer": tokenizer.name,
+        "tokenizer_fingerprint": tokenizer.fingerprint(),
+        "vocab_size": tokenizer.vocab_size,
+        "dtype": dtype.name,
+        "template": template.to_dict(),
+        "block_size": block_size,
+        "conversations": len(seen_groups),
+        "train": splits["train"].counts,
+        "val": splits["val"].counts,
+        "bad_rows": len(bad),
+        "bad_row_list": bad[:1000],
+    }
+    if bad:
+        log.warning("left out %d bad row(s) in all (listed in meta.json)", len(bad))
+    return meta, tokenizer
+
+
+def _chain(*iterables: Iterable[str]) -> Iterator[str]:
+    for it in iterables:
+        yield from it
+
+
+# --- serving ------------------------------------------------------------------------------------------------
+
+
+class ChatDataset(Dataset):
+    """Items of prepared samples: one sample each, or several packed together. Item → (ids, mask)."""
+
+    def __init__(self, prepared: PreparedChat, split: str, items: list[list[int]]) -> None:
+        self.prepared, self.split, self.items = prepared, split, items
+        self.offsets = prepared.offsets(split)
+        self._ids: np.ndarray | None = None  # opened lazily, once per worker process
+        self._mask: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
+        if i == PAD:  # evens out the ranks' evaluation shards: no tokens, no targets
+            return torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.bool)
+        if self._ids is None:
+            self._ids, self._mask = self.prepared.ids(self.split), self.prepared.mask(self.split)
+        spans = [(int(self.offsets[s]), int(self.offsets[s + 1])) for s in self.items[i]]
+        ids = np.concatenate([self._ids[a:b] for a, b in spans]).astype(np.int64)
+        mask = np.concatenate([self._mask[a:b] for a, b in spans]).astype(bool)
+        starts = np.cumsum([0] + [b - a for a, b in spans[:-1]])
+        mask[starts] = False  # a sample's first token is never a target, packed or not
+        return torch.from_numpy(ids), torch.from_numpy(mask)
+
+
+class ChatCollate:
+    """Samples → (input, target) (B, T): right-padded; the target is IGNORE_INDEX where not learned."""
+
+    def __init__(self, pad_id: int, length: int | None = None) -> None:
+        """
+        Args:
+            pad_id: the input id on padding (never a target, never attended to by a real token).
+            length: T of every batch (``block_size``); None: the longest sample of the batch, less one.
+        """
+        self.pad_id, self.length = pad_id, length
+
+    def __call__(self, batch: Sequence[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
+        T = self.length or max(1, max(len(ids) - 1 for ids, _ in batch))
+        x = torch.full((len(batch), T), self.pad_id, dtype=torch.long)
+        y = torch.full((len(batch), T), IGNORE_INDEX, dtype=torch.long)
+        for b, (ids, mask) in enumerate(batch):
+            n = len(ids) - 1
+            if n > 0:
+                x[b, :n] = ids[:-1]
+                y[b, :n] = torch.where(mask[1:], ids[1:], IGNORE_INDEX)  # (n,) a target only where learned
+        return x, y
+
+
+def pack(lengths: np.ndarray, groups: np.ndarray, window: int, seed: int) -> list[list[int]]:
+    """Samples into windows of at most ``window`` tokens: next-fit over a seeded shuffle; a window never
+    holds two samples of one source conversation (the other reading would give the answers away)."""
+    order = np.random.default_rng(seed).permutation(len(lengths))
+    windows: list[list[int]] = []
+    current: list[int] = []
+    used, in_window = 0, set()
+    for s in order.tolist():
+        n, g = int(lengths[s]), int(groups[s])
+        if current and (used + n > window or g in in_window):
+            windows.append(current)
+            current, used, in_window = [], 0, set()
+        current.append(s)
+        used += n
+        in_window.add(g)
+    if current:
+        windows.append(current)
+    return windows
+
+
+class ShuffledSampler(RandomWindowSampler):
+    """Every training item once per epoch, in an order that is a pure function of (seed, epoch).
+
+    Like the pretraining sampler it has no state beyond the position in the epoch, so a run resumed
+    with ``--ckpt_path`` continues with the next batch it had not trained on; rank r of W takes every
+    W-th item of the order.
+    """
+
+    def __iter__(self) -> Iterator[int]:
+        order = np.random.default_rng([self.seed, self.epoch]).permutation(self.n_offsets)
+        mine = order[self.rank : self.total_size : self.num_replicas]
+        yield from mine[self.start :].tolist()
+
+
+class ChatDataModule(L.LightningDataModule):
+    """Conversations for chat fine-tuning: loss on the assistant's turns only, prepared once and cached."""
+
+    def __init__(
+        self,
+        source: str | list[str] = "topical-chat",
+        tokenizer: Tokenizer | None = None,
+        template: ChatTemplate | None = None,
+        block_size: int = 128,
+        batch_size: int = 8,
+        val_fraction: float = 0.1,
+        val_max_samples: int | None = None,
+        roles: DialogueRoles = "both",
+        on_bad_row: OnBadRow = "error",
+        max_conversations: int | None = None,
+        pack: bool = False,
+        pad_to_block: bool = False,
+        num_workers: int = 0,
+        seed: int = 1337,
+        cache: str | None = None,
+    ) -> None:
+        """
+        Args:
+            source: a dialogue corpus (topical-chat, chatterbot-corpus-english), or chat files: a path,
+                folder or glob of .jsonl (gpt2kit's chat format), .json (Topical-Chat) or .yml (ChatterBot)
+                files; or a list of these.
+            tokenizer: the model's tokenizer (for fine-tuning: CheckpointTokenizer of model.init_from); the
+                template's special tokens are added after its vocabulary. Default: GPT2Tokenizer.
+            template: the chat template (registered kind chat_template). Default: RoleTokensTemplate.
+            block_size: tokens per window; recipes link it to model.arch.block_size.
+            batch_size: samples (or packed windows) per batch, per device.
+            val_fraction: share of the conversations held out for validation (every 1/val_fraction-th).
+            val_max_samples: cap on the validation samples (evenly spaced); None: all.
+            roles: who is the assistant in two-speaker corpora without roles (Topical-Chat): "both" (each
+                conversation twice, once per agent), "agent_2" (who replies to the opener) or "agent_1".
+            on_bad_row: a row that is not a usable conversation (unknown role, empty, no assistant turn,
+                bad JSON ...) stops preparation with its location ("error"), or is left out and reported
+                ("skip": logged, counted and listed in meta.json).
+            max_conversations: use only the first N source conversations (a quick trial); None: all.
+            pack: put several training samples in each window (each keeps its own loss mask).
+            pad_to_block: pad every batch to block_size (fixed shapes, e.g. for torch.compile) instead of
+                to its longest sample.
+            num_workers: DataLoader worker processes.
+            seed: seed of the training order (and of packing).
+            cache: folder for prepared samples (default: $GPT2KIT_CACHE/prepared-chat).
+        """
+        super().__init__()
+        if block_size <= 0 or batch_size <= 0:
+            raise GPT2KitError(f"block_size={block_size} and batch_size={batch_size} must be positive")
+        if max_conversations is not None and max_conversations <= 0:
+            raise GPT2KitError(f"max_conversations={max_conversations} must be positive (or null for all)")
+        self.source = [source] if isinstance(source, str) else list(source)
+        if not self.source:
+            raise GPT2KitError("source is an empty list: name at least one chat corpus or file")
+        if tokenizer is None:
+            from gpt2kit.tokenizers import GPT2Tokenizer
+
+            tokenizer = GPT2Tokenizer()
+        self._tokenizer = tokenizer
+        self.template = template if template is not None else RoleTokensTemplate()
+        self.block_size = block_size
+        self.batch_size = batch_size
+        self.val_fraction = val_fraction
+        self.val_max_samples = val_max_samples
+        self.roles = roles
+        self.on_bad_row = on_bad_row
+        self.max_conversations = max_conversations
+        self.pack = pack
+        self.pad_to_block = pad_to_block
+        self.num_workers = num_workers
+        self.seed = seed
+        self.cache = Path(cache).expanduser() if cache else cache_dir() / "prepared-chat"
+        self._prepared: PreparedChat | None = None
+
+    # -- preparation ----------------------------------------------------------------------------------------
+    def prepare_data(self) -> None:
+        self.prepared()
+
+    def prepared(self, progress: bool | None = None) -> PreparedChat:
+        """The prepared samples, preparing them first if needed (idempotent; cheap when cached)."""
+        if self._prepared is None:
+            sources = [ChatSource.resolve(s) for s in self.source]
+            self._prepared = prepare_chat(
+                sources,
+                self._tokenizer,
+                self.template,
+                self.cache,
+                self.block_size,
+                self.val_fraction,
+                self.roles,
+                self.on_bad_row,
+                self.max_conversations,
+                progress,
+            )
+        return self._prepared
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        """The tokenizer with the template's special tokens: the model's vocabulary."""
+        return self.prepared().tokenizer
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tokenizer.vocab_size
+
+    @property
+    def chat_template(self) -> ChatTemplate:
+        """Stored in checkpoints by GPTLitModule, so that ``chat`` renders prompts as training did."""
+        return self.template
+
+    # -- loaders --------------------------------------------------------------------------------------------
+    def _items(self, split: str) -> list[list[int]]:
+        prepared = self.prepared()
+        offsets = prepared.offsets(split)
+        n = len(offsets) - 1
+        if split == "train" and self.pack:
+            return pack(np.diff(offsets), prepared.groups(split), self.block_size + 1, self.seed)
+        index = np.arange(n)
+        if split == "val" and self.val_max_samples is not None and n > self.val_max_samples:
+            index = np.linspace(0, n - 1, self.val_max_samples).round().astype(int)
+        return [[int(i)] for i in index]
+
+    def _ranks(self) -> tuple[int, int]:
+        trainer = self.trainer
+        return (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+
+    def _loader(self, dataset: Dataset, cls: type[DataLoader] = DataLoader, **kwargs: Any) -> DataLoader:
+        tok = self.tokenizer
+        pad_id = tok.eot_id if tok.eot_id is not None else ChatEncoder(self.template, tok).end_of_turn_id
+        return cls(
+            dataset,
+            batch_size=self.batch_size,
+            num_workers=self.num_workers,
+            collate_fn=ChatCollate(pad_id, self.block_size if self.pad_to_block else None),
+            pin_memory=torch.cuda.is_available(),
+            persistent_workers=self.num_workers > 0,
+            generator=torch.Generator().manual_seed(self.seed),
+            **kwargs,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        dataset = ChatDataset(self.prepared(), "train", self._items("train"))
+        world, rank = self._ranks()
+        sampler = ShuffledSampler(
+            dataset,
+            n_offsets=len(dataset),
+            samples_per_epoch=len(dataset),
+            seed=self.seed,
+            num_replicas=world,
+            rank=rank,
+        )
+        if len(sampler) < self.batch_size:
+            raise GPT2KitError(
+                f"an epoch has {len(sampler)} training samples per rank, fewer than batch_size={self.batch_size}: "
+                "lower batch_size or the number of devices, or add conversations"
+            )
+        loader = self._loader(dataset, ResumableDataLoader, sampler=sampler, drop_last=True)
+        trainer = self.trainer
+        if trainer is not None:  # resume after the batches Lightning trained on, not those it prefetched
+            loader.batches_done = lambda: trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        return loader
+
+    def val_dataloader(self) -> DataLoader:
+        dataset = ChatDataset(self.prepared(), "val", self._items("val"))
+        world, rank = self._ranks()
+        return self._loader(dataset, sampler=EvalSampler(dataset, num_replicas=world, rank=rank))
+
+    def test_dataloader(self) -> DataLoader:
+        return self.val_dataloader()

@@ -1,0 +1,165 @@
+"""A conversation with a chat model: the history, the prompt it makes, and streamed replies.
+
+Each turn, the prompt is the system message (if any), the history and the new user message in the
+chat template, then the assistant's header; the model writes until it produces a special token of the
+template (its end-of-turn, normally) or reaches ``max_new_tokens``. The reply joins the history as the
+tokens the model produced, closed by the end-of-turn, so the next prompt starts with exactly the tokens
+of the previous one: the KV cache kept between turns (:class:`~gpt2kit.generate.PromptCache`) already
+holds them, and only the new message is computed.
+
+The context is the model's ``block_size``. A prompt may use all of it but ``reply_room`` tokens, kept
+free for the reply; when the conversation grows past that, its oldest exchanges are dropped (whole
+messages, from a user message on; the system message stays). Dropping shifts every position, so that
+turn is computed in full. A reply longer than the room left slides the context as ``generate`` does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Iterator
+
+from gpt2kit.chat.template import ChatEncoder, ChatTemplate, EncodedTurn, Message
+from gpt2kit.errors import GPT2KitError
+from gpt2kit.generate import Generation, PromptCache, SamplingConfig
+from gpt2kit.model import GPT
+from gpt2kit.tokenizers import Tokenizer
+
+log = logging.getLogger(__name__)
+
+
+class ChatSession:
+    """Multi-turn chat with a model trained with a chat template."""
+
+    def __init__(
+        self,
+        model: GPT,
+        tokenizer: Tokenizer,
+        template: ChatTemplate,
+        sampling: SamplingConfig | None = None,
+        system: str | None = None,
+        reply_room: int | None = None,
+    ) -> None:
+        """
+        Args:
+            model: the chat model (in eval mode, on its device and dtype).
+            tokenizer: its tokenizer, which has the template's special tokens.
+            template: the chat template it was trained with.
+            sampling: how replies are sampled; the template's special tokens are added as stop tokens.
+            system: an optional system message, kept at the start of every prompt.
+            reply_room: context tokens kept free for the reply (default: max_new_tokens, at most a
+                quarter of the context).
+        """
+        self.encoder = ChatEncoder(template, tokenizer)
+        self.model = model
+        sampling = sampling or SamplingConfig()
+        stops = list(dict.fromkeys([*sampling.stop_token_ids, *self.encoder.special_ids]))
+        self.sampling = dataclasses.replace(sampling, stop_token_ids=stops)
+        self.block_size = model.config.block_size
+        self.reply_room = reply_room or max(1, min(self.sampling.max_new_tokens, self.block_size // 4))
+        self.system = system
+        self.system_turn = self.encoder.encode([Message("system", system)])[0] if system else None
+        self._header = self.encoder.reply_header_ids()
+        self._end = self.encoder.reply_end_ids()
+        empty_user = self.encoder.encode([Message("user", "")])[0].ids
+        least = (
+            len(self.system_turn.ids if self.system_turn else []) + len(empty_user) + 1 + len(self._header)
+        )
+        if least + self.reply_room > self.block_size:
+            raise GPT2KitError(
+                f"the system prompt is {least - len(empty_user) - 1 - len(self._header)} tokens, too long for the "
+                f"model's {self.block_size}-token context with {self.reply_room} kept for the reply: shorten it"
+            )
+        self.cache = PromptCache()
+        self.turns: list[EncodedTurn] = []
+        """The history as the model sees it (after trimming), system message excluded."""
+        self.messages: list[Message] = []
+        """The same history as text."""
+        self.prompt: list[int] = []
+        """The last prompt's ids."""
+        self.dropped = 0
+        """Messages dropped from the history to fit the context, in the last turn."""
+
+    # -- the conversation -----------------------------------------------------------------------------------
+    def reset(self) -> None:
+        """Forget the history (the system message stays)."""
+        self.turns, self.messages, self.prompt, self.dropped = [], [], [], 0
+        self.cache.clear()
+
+    @property
+    def reused(self) -> int:
+        """Prompt tokens of the last turn served from the KV cache of the previous ones."""
+        return self.cache.reused
+
+    def send(self, text: str) -> Iterator[str]:
+        """Add a user message and stream the reply, piece by piece; the reply joins the history.
+
+        Stopping early (an exception, Ctrl-C, or closing the iterator) keeps what was produced so far.
+        """
+        self.turns.append(self.encoder.encode([Message("user", text)])[0])
+        self.messages.append(Message("user", text))
+        self.prompt = self._fit()
+        run = Generation(self.model, [self.prompt], self.sampling, self.encoder.tokenizer, cache=self.cache)
+        detok = run.text[0]
+        shown = 0
+        try:
+            for _ in run:
+                end = detok.safe_end()
+                if end > shown:
+                    yield detok.text[shown:end]
+                    shown = end
+            end = detok.cut if detok.cut is not None else len(detok.text)
+            if end > shown:
+                yield detok.text[shown:end]
+        finally:
+            reply = detok.text[: detok.cut]
+            self.turns.append(EncodedTurn("assistant", self._header + run.new_tokens[0] + self._end))
+            self.messages.append(Message("assistant", reply))
+
+    def reply(self, text: str) -> str:
+        """:meth:`send`, whole."""
+        return "".join(self.send(text))
+
+    def history_text(self) -> str:
+        """The last prompt as the model saw it, special tokens included."""
+        return self.encoder.tokenizer.decode(self.prompt)
+
+    # -- fitting the context --------------------------------------------------------------------------------
+    def _fit(self) -> list[int]:
+        """The prompt for the reply to the last user message, dropping the oldest messages if needed."""
+        system = self.system_turn.ids if self.system_turn else []
+        budget = self.block_size - self.reply_room
+
+        def length() -> int:
+            return len(system) + sum(len(t.ids) for t in self.turns) + len(self._header)
+
+        self.dropped = 0
+        while length() > budget and len(self.turns) > 1:
+            n = 1  # the oldest message, and what follows it up to the next user message
+            while n < len(self.turns) - 1 and self.turns[n].role != "user":
+                n += 1
+            del self.turns[:n], self.messages[:n]
+            self.dropped += n
+        if self.dropped:
+            log.warning(
+                "the conversation outgrew the model's %d-token context: dropped the oldest %d message(s)",
+                self.block_size,
+                self.dropped,
+            )
+        if length() > budget:  # the new message alone is too long: keep its end
+            self.turns[-1] = self._cut_user_turn(self.turns[-1], length() - budget)
+        return system + [i for t in self.turns for i in t.ids] + self._header
+
+    def _cut_user_turn(self, turn: EncodedTurn, excess: int) -> EncodedTurn:
+        empty = self.encoder.encode([Message("user", "")])[0].ids
+        head = next((i for i, (a, b) in enumerate(zip(turn.ids, empty, strict=False)) if a != b), len(empty))
+        tail = len(empty) - head
+        content = turn.ids[head : len(turn.ids) - tail]
+        log.warning(
+            "your message is %d tokens, more than the model's %d-token context holds: it keeps its last %d",
+            len(content),
+            self.block_size,
+            len(content) - excess,
+        )
+        ids = turn.ids[:head] + content[excess:] + turn.ids[len(turn.ids) - tail :]
+        return EncodedTurn("user", ids, [False] * len(ids))
