@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from gpt2kit import GPT, GPT2KitError, preset
 from gpt2kit.data import fetch_corpus
 from gpt2kit.data.sources import cut_pieces
+from gpt2kit.nn import UntiedLMHead
 from gpt2kit.tokenizers import EOT, ByteLevelBPETokenizer, CharTokenizer, GPT2Tokenizer, Tokenizer
 from gpt2kit.tokenizers.bpe import bytes_to_unicode
 
@@ -357,3 +358,14 @@ def test_resize_token_embeddings_keeps_rows_and_tying():
     assert model(torch.tensor([[69]])).shape == (1, 1, 70)  # new ids embed and are predicted (tied head)
     with pytest.raises(GPT2KitError, match="only growing"):
         model.resize_token_embeddings(60)
+
+
+def test_resize_token_embeddings_grows_an_untied_head():
+    torch.manual_seed(0)
+    model = GPT(preset("nano", vocab_size=65), head=UntiedLMHead).eval()
+    idx = torch.randint(0, 65, (2, 9))
+    before = model(idx)
+    model.resize_token_embeddings(70)
+    assert model.head.lm_head.weight.shape == (70, 32)
+    assert torch.allclose(model(idx)[..., :65], before, atol=1e-6)  # old logits unchanged, new ids predicted
+    assert model(torch.tensor([[69]])).shape == (1, 1, 70)
