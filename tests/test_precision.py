@@ -43,7 +43,8 @@ def test_bf16_mixed_on_cpu_trains_and_logs_tokens_per_sec_and_mfu(data):
 
 
 def test_throughput_is_logged_where_the_logger_writes_averaged_over_the_interval(data, tmp_path):
-    """self.log costs ~2 ms: tokens/s is logged once per log_every_n_steps, from every step since the last."""
+    """self.log costs ~2 ms: train_loss and tokens/s are logged once per log_every_n_steps, the speed from
+    every step since the last."""
     import csv
 
     from lightning.pytorch.loggers import CSVLogger
@@ -56,7 +57,7 @@ def test_throughput_is_logged_where_the_logger_writes_averaged_over_the_interval
     calls, log = [], module.log
     module.log = lambda name, *a, **kw: (calls.append(name), log(name, *a, **kw))
     trainer.fit(module, data)
-    assert calls.count("tokens_per_sec") == 2 and calls.count("train_loss") == 7
+    assert calls.count("tokens_per_sec") == 2 and calls.count("train_loss") == 2
     with open(next(tmp_path.rglob("metrics.csv"))) as f:
         rows = list(csv.DictReader(f))
     speed = {int(r["step"]) for r in rows if r.get("tokens_per_sec")}
