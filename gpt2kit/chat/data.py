@@ -35,13 +35,11 @@ import json
 import logging
 import os
 import shutil
-import socket
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import lightning as L
 import numpy as np
 import torch
 from torch import Tensor
@@ -57,8 +55,9 @@ from gpt2kit.chat.conversations import (
     read_topical_chat,
 )
 from gpt2kit.chat.template import ChatEncoder, ChatTemplate, EncodedTurn, RoleTokensTemplate
-from gpt2kit.data.prepare import _held_out, _remove_abandoned, token_dtype
-from gpt2kit.data.sampler import PAD, EvalSampler, RandomWindowSampler, ResumableDataLoader
+from gpt2kit.data.datamodule import ShardDataModule
+from gpt2kit.data.prepare import _held_out, new_tmp, token_dtype
+from gpt2kit.data.sampler import PAD, EvalSampler, RandomWindowSampler
 from gpt2kit.data.sources import CHAT_READERS, CORPORA, cache_dir, fetch_corpus, sha256_file
 from gpt2kit.errors import GPT2KitError
 from gpt2kit.tokenizers import Tokenizer
@@ -281,10 +280,7 @@ def prepare_chat(
         _report_bad_rows(found.meta)
         return found
 
-    _remove_abandoned(out)
-    tmp = out.with_name(f".{out.name}.tmp-{socket.gethostname()}-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    tmp = new_tmp(out)
     try:
         meta, tokenizer = _write_samples(
             sources,
@@ -560,7 +556,7 @@ class ShuffledSampler(RandomWindowSampler):
         yield from mine[self.start :].tolist()
 
 
-class ChatDataModule(L.LightningDataModule):
+class ChatDataModule(ShardDataModule):
     """Conversations for chat fine-tuning: loss on the assistant's turns only, prepared once and cached."""
 
     def __init__(
@@ -682,23 +678,10 @@ class ChatDataModule(L.LightningDataModule):
             index = np.linspace(0, n - 1, self.val_max_samples).round().astype(int)
         return [[int(i)] for i in index]
 
-    def _ranks(self) -> tuple[int, int]:
-        trainer = self.trainer
-        return (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
-
-    def _loader(self, dataset: Dataset, cls: type[DataLoader] = DataLoader, **kwargs: Any) -> DataLoader:
+    def _collate(self) -> ChatCollate:
         tok = self.tokenizer
         pad_id = tok.eot_id if tok.eot_id is not None else ChatEncoder(self.template, tok).end_of_turn_id
-        return cls(
-            dataset,
-            batch_size=self.batch_size,
-            num_workers=self.num_workers,
-            collate_fn=ChatCollate(pad_id, self.block_size if self.pad_to_block else None),
-            pin_memory=torch.cuda.is_available(),
-            persistent_workers=self.num_workers > 0,
-            generator=torch.Generator().manual_seed(self.seed),
-            **kwargs,
-        )
+        return ChatCollate(pad_id, self.block_size if self.pad_to_block else None)
 
     def train_dataloader(self) -> DataLoader:
         dataset = ChatDataset(self.prepared(), "train", self._items("train"))
@@ -711,16 +694,7 @@ class ChatDataModule(L.LightningDataModule):
             num_replicas=world,
             rank=rank,
         )
-        if len(sampler) < self.batch_size:
-            raise GPT2KitError(
-                f"an epoch has {len(sampler)} training samples per rank, fewer than batch_size={self.batch_size}: "
-                "lower batch_size or the number of devices, or add conversations"
-            )
-        loader = self._loader(dataset, ResumableDataLoader, sampler=sampler, drop_last=True)
-        trainer = self.trainer
-        if trainer is not None:  # resume after the batches Lightning trained on, not those it prefetched
-            loader.batches_done = lambda: trainer.fit_loop.epoch_loop.batch_progress.current.processed
-        return loader
+        return self._train_loader(dataset, sampler, "samples", "conversations")
 
     def val_dataloader(self) -> DataLoader:
         dataset = ChatDataset(self.prepared(), "val", self._items("val"))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import numpy as np
@@ -54,7 +55,56 @@ class WindowDataset(Dataset):
         return chunk[:-1], chunk[1:]  # (T,), (T,) target is the input shifted by one
 
 
-class TextDataModule(L.LightningDataModule):
+class ShardDataModule(L.LightningDataModule):
+    """What the shard-backed DataModules share: ranks, loaders, and a resumable training loader.
+
+    Subclasses set ``batch_size``, ``num_workers`` and ``seed``, and may give batches a ``collate_fn``.
+    """
+
+    batch_size: int
+    num_workers: int
+    seed: int
+
+    def _ranks(self) -> tuple[int, int]:
+        """(world size, this process's rank): how many share the data, and which share is this one's."""
+        trainer = self.trainer
+        return (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+
+    def _collate(self) -> Any:
+        """The loaders' ``collate_fn`` (None: PyTorch's default)."""
+        return None
+
+    def _loader(self, dataset: Dataset, cls: type[DataLoader] = DataLoader, **kwargs: Any) -> DataLoader:
+        return cls(
+            dataset,
+            batch_size=self.batch_size,
+            num_workers=self.num_workers,
+            collate_fn=self._collate(),
+            pin_memory=torch.cuda.is_available(),
+            persistent_workers=self.num_workers > 0,
+            # its own generator (worker seeds): iterating never draws from the global RNG, so a resumed
+            # run, which iterates its loaders a different number of times, keeps the same global RNG stream
+            generator=torch.Generator().manual_seed(self.seed),
+            **kwargs,
+        )
+
+    def _train_loader(
+        self, dataset: Dataset, sampler: RandomWindowSampler, items: str, more: str
+    ) -> DataLoader:
+        """A training loader that resumes mid-epoch; refuses an epoch shorter than one batch per rank."""
+        if len(sampler) < self.batch_size:
+            raise GPT2KitError(
+                f"an epoch has {len(sampler)} training {items} per rank, fewer than batch_size={self.batch_size}: "
+                f"lower batch_size or the number of devices, or add {more}"
+            )
+        loader = self._loader(dataset, ResumableDataLoader, sampler=sampler, drop_last=True)
+        trainer = self.trainer
+        if trainer is not None:  # resume after the batches Lightning trained on, not those it prefetched
+            loader.batches_done = lambda: trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        return loader
+
+
+class TextDataModule(ShardDataModule):
     """Plain-text pretraining data: a named corpus or local files, tokenized once and cached."""
 
     def __init__(
@@ -152,24 +202,6 @@ class TextDataModule(L.LightningDataModule):
             offsets = offsets[keep]
         return offsets
 
-    def _ranks(self) -> tuple[int, int]:
-        """(world size, this process's rank): how many share the data, and which share is this one's."""
-        trainer = self.trainer
-        return (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
-
-    def _loader(self, dataset: Dataset, cls: type[DataLoader] = DataLoader, **kwargs) -> DataLoader:
-        return cls(
-            dataset,
-            batch_size=self.batch_size,
-            num_workers=self.num_workers,
-            pin_memory=torch.cuda.is_available(),
-            persistent_workers=self.num_workers > 0,
-            # its own generator (worker seeds): iterating never draws from the global RNG, so a resumed
-            # run, which iterates its loaders a different number of times, keeps the same global RNG stream
-            generator=torch.Generator().manual_seed(self.seed),
-            **kwargs,
-        )
-
     def train_dataloader(self) -> DataLoader:
         dataset = self._dataset("train")
         world, rank = self._ranks()
@@ -182,16 +214,7 @@ class TextDataModule(L.LightningDataModule):
             num_replicas=world,
             rank=rank,
         )
-        if len(sampler) < self.batch_size:
-            raise GPT2KitError(
-                f"an epoch has {len(sampler)} training windows per rank, fewer than batch_size={self.batch_size}: "
-                "lower batch_size or the number of devices, or add text"
-            )
-        loader = self._loader(dataset, ResumableDataLoader, sampler=sampler, drop_last=True)
-        trainer = self.trainer
-        if trainer is not None:  # resume after the batches Lightning trained on, not those it prefetched
-            loader.batches_done = lambda: trainer.fit_loop.epoch_loop.batch_progress.current.processed
-        return loader
+        return self._train_loader(dataset, sampler, "windows", "text")
 
     def val_dataloader(self) -> DataLoader:
         dataset = self._dataset("val", self.val_offsets())

@@ -108,10 +108,7 @@ def prepare(
         log.info("reusing prepared data in %s", out)
         return found
 
-    _remove_abandoned(out)
-    tmp = out.with_name(f".{out.name}.tmp-{socket.gethostname()}-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    tmp = new_tmp(out)
     try:
         meta = _write_shards(source, tokenizer, tmp, val_fraction, progress)
         meta.update(
@@ -130,6 +127,16 @@ def prepare(
         shutil.rmtree(tmp, ignore_errors=True)
     log.info("prepared %s: %s train / %s val tokens", out, meta["train_tokens"], meta["val_tokens"])
     return Prepared(out, meta, tokenizer)
+
+
+def new_tmp(out: Path) -> Path:
+    """An empty temporary folder beside ``out``, to be renamed to it once complete (after clearing the
+    temporary folders that killed runs left behind)."""
+    _remove_abandoned(out)
+    tmp = out.with_name(f".{out.name}.tmp-{socket.gethostname()}-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    return tmp
 
 
 def _remove_abandoned(out: Path) -> None:
