@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import sys
 import time
 from collections.abc import Sequence
 
@@ -85,8 +86,7 @@ def ablate(study: Study, parallel: int = 1, *, dry_run: bool = False, report_onl
     bad = sorted({(r.variant, r.error) for r in runs if r.error is not None})
     for variant, error in bad:
         log.warning("ablate: variant '%s' does not parse, marked failed: %s", variant, error)
-    if dry_run:
-        _print_plan(study, runs)
+    if dry_run:  # the caller shows plan_summary(study, runs)
         return runs
     if len(bad) == len(study.variants):
         raise GPT2KitError(f"no variant of {study.path} parses; the first: {bad[0][0]}: {bad[0][1]}")
@@ -108,21 +108,27 @@ def ablate(study: Study, parallel: int = 1, *, dry_run: bool = False, report_onl
     return runs
 
 
-def _print_plan(study: Study, runs: Sequence[Run]) -> None:
+def plan_summary(study: Study, runs: Sequence[Run]) -> str:
+    """What a study would run: the base, the shared overrides, each variant's overrides and folders."""
     from gpt2kit.ablate.study import override_args
 
-    print(f"base: {study.base}\nevery run: {' '.join(override_args(study.overrides)) or '(no overrides)'}")
+    lines = [
+        f"base: {study.base}",
+        f"every run: {' '.join(override_args(study.overrides)) or '(no overrides)'}",
+    ]
     width = max(len(v.name) for v in study.variants)
     for v in study.variants:
         mine = [r for r in runs if r.variant == v.name]
         what = f"does not parse: {mine[0].error}" if mine[0].error else " ".join(override_args(v.overrides))
-        print(
-            f"  {v.name:<{width}}  {what or '(the base recipe)'}  → {mine[0].dir.parent}/seed{{{','.join(str(r.seed) for r in mine)}}}"
+        seeds = ",".join(str(r.seed) for r in mine)
+        lines.append(
+            f"  {v.name:<{width}}  {what or '(the base recipe)'}  → {mine[0].dir.parent}/seed{{{seeds}}}"
         )
     n_bad = len({r.variant for r in runs if r.error})
-    print(
+    lines.append(
         f"{len(runs)} runs: {len(study.variants)} variants × {len(study.seeds)} seeds; {n_bad} variant(s) do not parse"
     )
+    return "\n".join(lines) + "\n"
 
 
 def ablate_command(args: Sequence[str]) -> None:
@@ -147,4 +153,6 @@ def ablate_command(args: Sequence[str]) -> None:
     parser.add_argument("--report_only", action="store_true", help="rewrite the report from the runs there")
     cfg = parser.parse_args(list(args))
     study = load_study(cfg.config, cfg.out_dir)
-    ablate(study, cfg.parallel, dry_run=cfg.dry_run, report_only=cfg.report_only)
+    runs = ablate(study, cfg.parallel, dry_run=cfg.dry_run, report_only=cfg.report_only)
+    if cfg.dry_run:
+        sys.stdout.write(plan_summary(study, runs))
