@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -42,3 +43,14 @@ def data_env(tmp_path_factory: pytest.TempPathFactory) -> None:
     if not os.environ.get("GPT2KIT_DATA") and SHARED_DATA.is_dir():
         os.environ["GPT2KIT_DATA"] = str(SHARED_DATA)
     os.environ["GPT2KIT_CACHE"] = str(tmp_path_factory.mktemp("gpt2kit-cache"))
+
+
+@contextmanager
+def cwd(path):
+    """Run a block in another working directory (recipes write under ./runs)."""
+    old = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(old)

@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import csv
 import functools
-import os
 import sys
-from contextlib import contextmanager
 
 import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import RECIPES
+from conftest import RECIPES, cwd
 
 from gpt2kit import GPT2KitError, GPTConfig
 from gpt2kit.callbacks import load_init_weights
@@ -45,16 +43,6 @@ TINY_CHAT = [
     "--data.init_args.max_conversations=20",
     "--data.init_args.batch_size=4",
 ]
-
-
-@contextmanager
-def cwd(path):
-    old = os.getcwd()
-    os.chdir(path)
-    try:
-        yield
-    finally:
-        os.chdir(old)
 
 
 def tiny_module(vocab_size: int, **kwargs) -> GPTLitModule:

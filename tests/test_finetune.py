@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import copy
 import functools
-import os
-from contextlib import contextmanager
 
 import lightning as L
 import pytest
 import torch
-from conftest import RECIPES, TINY
+from conftest import RECIPES, TINY, cwd
 
 from gpt2kit import GPT, GPT2KitError, preset
 from gpt2kit.checkpoint import load_module, read_checkpoint
@@ -41,16 +39,6 @@ NANO = preset("nano", bias=False)  # the shape TINY gives the recipe: 2 blocks o
 def tiny(**kwargs) -> GPTLitModule:
     """A module shaped like the TINY pretraining run (its LayerNorms have no bias either)."""
     return GPTLitModule(NANO, norm=functools.partial(LayerNorm, bias=False), **kwargs)
-
-
-@contextmanager
-def cwd(path):
-    old = os.getcwd()
-    os.chdir(path)
-    try:
-        yield
-    finally:
-        os.chdir(old)
 
 
 @pytest.fixture(scope="module")

@@ -33,7 +33,6 @@ import glob
 import hashlib
 import json
 import logging
-import os
 import shutil
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -56,7 +55,7 @@ from gpt2kit.chat.conversations import (
 )
 from gpt2kit.chat.template import ChatEncoder, ChatTemplate, EncodedTurn, RoleTokensTemplate
 from gpt2kit.data.datamodule import ShardDataModule
-from gpt2kit.data.prepare import _held_out, new_tmp, token_dtype
+from gpt2kit.data.prepare import _held_out, load_prepared, new_tmp, publish, token_dtype
 from gpt2kit.data.sampler import PAD, EvalSampler, RandomWindowSampler
 from gpt2kit.data.sources import CHAT_READERS, CORPORA, cache_dir, fetch_corpus, sha256_file
 from gpt2kit.errors import GPT2KitError
@@ -275,7 +274,7 @@ def prepare_chat(
     key = hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()
     name = "+".join(Path(s.spec).stem if s.spec not in CORPORA else s.spec for s in sources) or "chat"
     out = root / name[:80] / f"{template.name}-{tokenizer.name}-{key[:12]}"
-    if (found := _load(out, key)) is not None:
+    if (found := load_prepared(out, key, PreparedChat)) is not None:
         log.info("reusing prepared chat data in %s", out)
         _report_bad_rows(found.meta)
         return found
@@ -299,31 +298,11 @@ def prepare_chat(
             sources=[s.spec for s in sources],
             request={k: request[k] for k in request if k != "tokenizer"},
         )
-        (tmp / "tokenizer.json").write_text(tokenizer.to_json(), encoding="utf-8")
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False))  # last: marks complete
-        shutil.rmtree(out, ignore_errors=True)
-        try:
-            os.rename(tmp, out)
-        except OSError:  # another process (a DDP rank) finished the same preparation first
-            if (found := _load(out, key)) is None:
-                raise
-            return found
+        prepared = publish(tmp, out, key, meta, tokenizer, PreparedChat)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     log.info("prepared %s: %s", out, summary(meta))
-    return PreparedChat(out, meta, tokenizer)
-
-
-def _load(path: Path, key: str) -> PreparedChat | None:
-    try:
-        meta = json.loads((path / "meta.json").read_text())
-    except (OSError, ValueError):
-        return None
-    if meta.get("key") != key:
-        return None
-    return PreparedChat(
-        path, meta, Tokenizer.from_json((path / "tokenizer.json").read_text(encoding="utf-8"))
-    )
+    return prepared
 
 
 def summary(meta: dict[str, Any]) -> str:

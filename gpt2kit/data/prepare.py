@@ -30,7 +30,7 @@ import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TypeVar
 
 import numpy as np
 
@@ -77,15 +77,36 @@ def _request_key(source_sha: str, tokenizer: Tokenizer, val_fraction: float) -> 
     return hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()
 
 
-def _load(path: Path, key: str) -> Prepared | None:
+P = TypeVar("P")  # a prepared-folder class: Prepared, or the chat data's PreparedChat
+
+
+def load_prepared(path: Path, key: str, cls: type[P]) -> P | None:
+    """The prepared folder ``path`` as ``cls(path, meta, tokenizer)`` if it is complete and made for
+    ``key``, else None (missing, interrupted, or prepared from another request)."""
     try:
         meta = json.loads((path / "meta.json").read_text())
     except (OSError, ValueError):
         return None
     if meta.get("key") != key:
         return None
-    tokenizer = Tokenizer.from_json((path / "tokenizer.json").read_text(encoding="utf-8"))
-    return Prepared(path, meta, tokenizer)
+    return cls(path, meta, Tokenizer.from_json((path / "tokenizer.json").read_text(encoding="utf-8")))
+
+
+def publish(tmp: Path, out: Path, key: str, meta: dict[str, Any], tokenizer: Tokenizer, cls: type[P]) -> P:
+    """Complete ``tmp`` (tokenizer.json, then meta.json, which marks it complete) and rename it to ``out``.
+
+    If another process (a DDP rank) published the same request first, its folder is the result.
+    """
+    (tmp / "tokenizer.json").write_text(tokenizer.to_json(), encoding="utf-8")
+    (tmp / "meta.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False))
+    shutil.rmtree(out, ignore_errors=True)  # a stale or partial folder of the same name
+    try:
+        os.rename(tmp, out)
+    except OSError:
+        if (found := load_prepared(out, key, cls)) is None:
+            raise
+        return found
+    return cls(out, meta, tokenizer)
 
 
 def prepare(
@@ -104,7 +125,7 @@ def prepare(
     source_sha = source.fingerprint()
     key = _request_key(source_sha, tokenizer, val_fraction)
     out = root / source.name / f"{tokenizer.name}-{key[:12]}"
-    if (found := _load(out, key)) is not None:
+    if (found := load_prepared(out, key, Prepared)) is not None:
         log.info("reusing prepared data in %s", out)
         return found
 
@@ -114,19 +135,11 @@ def prepare(
         meta.update(
             key=key, source_sha256=source_sha, source=source.spec, files=[p.name for p in source.files]
         )
-        (tmp / "tokenizer.json").write_text(tokenizer.to_json(), encoding="utf-8")
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False))  # last: marks complete
-        shutil.rmtree(out, ignore_errors=True)  # a stale or partial folder of the same name
-        try:
-            os.rename(tmp, out)
-        except OSError:  # another process (e.g. a DDP rank) finished the same preparation first
-            if (found := _load(out, key)) is None:
-                raise
-            return found
+        prepared = publish(tmp, out, key, meta, tokenizer, Prepared)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     log.info("prepared %s: %s train / %s val tokens", out, meta["train_tokens"], meta["val_tokens"])
-    return Prepared(out, meta, tokenizer)
+    return prepared
 
 
 def new_tmp(out: Path) -> Path:
