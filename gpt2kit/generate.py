@@ -183,6 +183,11 @@ class _Detokenizer:
         self.pending = []
         return self._append(piece)
 
+    @property
+    def final(self) -> str:
+        """The text, up to the first stop string if one appeared."""
+        return self.text[: self.cut]
+
     def flush(self) -> None:
         if self.pending:
             self._append(self.tokenizer.decode(self.pending))
@@ -396,9 +401,10 @@ class Generation:
         seen = self._seen()
         for step in range(cfg.max_new_tokens):
             token = sample_next(logits, cfg, self.generator, seen)  # (B,)
+            ids = token.tolist()  # the one copy to the host this step
             out = [
                 FINISHED if self.finish_reason[i] is not None else self._accept(i, t)
-                for i, t in enumerate(token.tolist())
+                for i, t in enumerate(ids)
             ]
             yield out
             if all(r is not None for r in self.finish_reason) or step == cfg.max_new_tokens - 1:
@@ -413,14 +419,14 @@ class Generation:
                     logits = model(token[:, None], pos=self.next_pos[:, None], cache=self.cache)[:, -1]
                 self.next_pos += 1
                 if self.prompt_cache is not None:
-                    self.prompt_cache.tokens.append(int(token[0]))
+                    self.prompt_cache.tokens.append(ids[0])
 
     def completions(self) -> list[Completion]:
         """The results, once iteration has ended."""
         return [
             Completion(
                 tokens=self.new_tokens[i],
-                text=None if self.text is None else self.text[i].text[: self.text[i].cut],
+                text=None if self.text is None else self.text[i].final,
                 finish_reason=self.finish_reason[i] or "length",
                 prompt_tokens=self.prompt_tokens[i],
             )
@@ -457,7 +463,11 @@ def stream_text(
     Text that might be the start of a stop string is held back until it is clearly not one.
     """
     ids = encode_prompt(tokenizer, prompt) if isinstance(prompt, str) else list(prompt)
-    run = Generation(model, [ids], cfg, tokenizer)
+    yield from text_pieces(Generation(model, [ids], cfg, tokenizer))
+
+
+def text_pieces(run: Generation) -> Iterator[str]:
+    """Run a one-prompt generation, yielding its text as soon as each piece is final (stop strings cut)."""
     shown = 0
     text = run.text[0]
     for _ in run:
@@ -465,6 +475,6 @@ def stream_text(
         if end > shown:
             yield text.text[shown:end]
             shown = end
-    end = text.cut if text.cut is not None else len(text.text)
+    end = len(text.final)
     if end > shown:
         yield text.text[shown:end]

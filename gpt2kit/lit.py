@@ -25,6 +25,7 @@ from torchmetrics import MeanMetric
 from gpt2kit import perf, resume
 from gpt2kit.callbacks import FineTuning, complete_checkpoint, keep_checkpoint_parameters
 from gpt2kit.config import GPTConfig
+from gpt2kit.data.datamodule import IGNORE_INDEX
 from gpt2kit.errors import GPT2KitError
 from gpt2kit.finetune import FreezePolicy
 from gpt2kit.model import GPT, AttentionFactory, HeadFactory, MLPFactory, NormFactory, PositionFactory
@@ -34,7 +35,6 @@ from gpt2kit.tokenizers import Tokenizer
 if TYPE_CHECKING:
     from gpt2kit.data.prompts import PromptBatch
 
-IGNORE_INDEX = -100
 """Target id that contributes no loss (padding, prompts, non-assistant chat turns)."""
 
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 import copy
 import glob
 import hashlib
+import itertools
 import json
 import logging
 import shutil
@@ -54,7 +55,7 @@ from gpt2kit.chat.conversations import (
     read_topical_chat,
 )
 from gpt2kit.chat.template import ChatEncoder, ChatTemplate, EncodedTurn, RoleTokensTemplate
-from gpt2kit.data.datamodule import ShardDataModule
+from gpt2kit.data.datamodule import IGNORE_INDEX, ShardDataModule
 from gpt2kit.data.prepare import _held_out, load_prepared, new_tmp, publish, token_dtype
 from gpt2kit.data.sampler import PAD, EvalSampler, RandomWindowSampler
 from gpt2kit.data.sources import CHAT_READERS, CORPORA, cache_dir, fetch_corpus, sha256_file
@@ -63,7 +64,6 @@ from gpt2kit.tokenizers import Tokenizer
 
 log = logging.getLogger(__name__)
 
-IGNORE_INDEX = -100  # a target that contributes no loss (gpt2kit.lit's and torch's cross_entropy default)
 FORMAT_VERSION = 1
 BATCH_CONVERSATIONS = 512
 """Conversations tokenized together (one ``encode_batch`` call)."""
@@ -387,7 +387,7 @@ def _write_samples(
             for _, c in _conversations(sources, roles, on_bad_row, [], limit, quiet=True)
             for m in c.messages
         )
-        tokenizer.train(_chain(template.literal_texts(), texts))
+        tokenizer.train(itertools.chain(template.literal_texts(), texts))
     tokenizer.add_special_tokens(template.special_tokens())
     encoder = ChatEncoder(template, tokenizer)
     dtype = token_dtype(tokenizer.vocab_size)
@@ -443,11 +443,6 @@ def _write_samples(
     if bad:
         log.warning("left out %d bad row(s) in all (listed in meta.json)", len(bad))
     return meta, tokenizer
-
-
-def _chain(*iterables: Iterable[str]) -> Iterator[str]:
-    for it in iterables:
-        yield from it
 
 
 # --- serving ------------------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 
 from gpt2kit.chat.template import ChatEncoder, ChatTemplate, EncodedTurn, Message
 from gpt2kit.errors import GPT2KitError
-from gpt2kit.generate import Generation, PromptCache, SamplingConfig
+from gpt2kit.generate import Generation, PromptCache, SamplingConfig, text_pieces
 from gpt2kit.model import GPT
 from gpt2kit.tokenizers import Tokenizer
 
@@ -100,19 +100,10 @@ class ChatSession:
         self.messages.append(Message("user", text))
         self.prompt = self._fit()
         run = Generation(self.model, [self.prompt], self.sampling, self.encoder.tokenizer, cache=self.cache)
-        detok = run.text[0]
-        shown = 0
         try:
-            for _ in run:
-                end = detok.safe_end()
-                if end > shown:
-                    yield detok.text[shown:end]
-                    shown = end
-            end = detok.cut if detok.cut is not None else len(detok.text)
-            if end > shown:
-                yield detok.text[shown:end]
+            yield from text_pieces(run)
         finally:
-            reply = detok.text[: detok.cut]
+            reply = run.text[0].final
             self.turns.append(EncodedTurn("assistant", self._header + run.new_tokens[0] + self._end))
             self.messages.append(Message("assistant", reply))
 

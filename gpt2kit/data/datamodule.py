@@ -25,7 +25,7 @@ from gpt2kit.tokenizers import CharTokenizer, Tokenizer
 
 log = logging.getLogger(__name__)
 
-IGNORE_INDEX = -100  # a target that contributes no loss (torch's cross_entropy default, gpt2kit.lit's too)
+IGNORE_INDEX = -100  # a target that contributes no loss (torch's cross_entropy default)
 
 
 class WindowDataset(Dataset):
