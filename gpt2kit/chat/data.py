@@ -35,7 +35,7 @@ import itertools
 import json
 import logging
 import shutil
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -69,6 +69,12 @@ BATCH_CONVERSATIONS = 512
 """Conversations tokenized together (one ``encode_batch`` call)."""
 SUFFIX_READERS = {".jsonl": "jsonl", ".json": "topical-chat", ".yml": "chatterbot", ".yaml": "chatterbot"}
 """How a local file is read, by its suffix."""
+CHAT_FILE_READERS: dict[str, Callable[[Path, DialogueRoles], Iterator[Row]]] = {
+    "jsonl": lambda path, roles: read_chat_jsonl(path),
+    "topical-chat": read_topical_chat,  # the only format with two agents to map to user/assistant
+    "chatterbot": lambda path, roles: read_chatterbot(path),
+}
+"""Conversation readers by name (the corpora's ``reader`` and :data:`SUFFIX_READERS`' values)."""
 OnBadRow = Literal["error", "skip"]
 
 
@@ -165,12 +171,7 @@ class ChatSource:
 
     def rows(self, roles: DialogueRoles) -> Iterator[Row]:
         for path, reader in self.files:
-            if reader == "jsonl":
-                yield from read_chat_jsonl(path)
-            elif reader == "topical-chat":
-                yield from read_topical_chat(path, roles)
-            else:
-                yield from read_chatterbot(path)
+            yield from CHAT_FILE_READERS[reader](path, roles)
 
     def fingerprint(self) -> str:
         h = hashlib.sha256()
