@@ -171,13 +171,12 @@ def check_checkpoint_roundtrip(directory: str | Path, config: GPTConfig, **compo
     classes, or ``functools.partial`` of a class with keyword options) survives a checkpoint file:
     :func:`gpt2kit.checkpoint.load_module` rebuilds the same classes from the stored config and gives
     identical outputs."""
-    from gpt2kit.checkpoint import load_module
+    from gpt2kit.checkpoint import load_module, save_checkpoint
     from gpt2kit.lit import GPTLitModule
 
     torch.manual_seed(0)
     module = GPTLitModule(config, **components).eval()
-    path = Path(directory) / "roundtrip.ckpt"
-    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}, path)
+    path = save_checkpoint(module, Path(directory) / "roundtrip.ckpt")  # the format training writes
     loaded = load_module(path)
     for (name, a), (_, b) in zip(module.model.named_modules(), loaded.model.named_modules(), strict=True):
         where = name or "model"

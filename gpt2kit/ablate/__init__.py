@@ -51,10 +51,10 @@ class RunRecord(L.Callback):
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._start = time.perf_counter()
-        model = getattr(pl_module, "model", pl_module)
+        model = pl_module.model  # a GPTLitModule's GPT: runs are gpt2kit fits
         params = {
-            "num_params": sum(p.numel() for p in model.parameters()),
-            "num_trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+            "num_params": model.num_params(),
+            "num_trainable_params": model.num_params(trainable_only=True),
         }
         for logger in trainer.loggers:
             logger.log_hyperparams(params)
