@@ -17,7 +17,6 @@ before the command line is parsed, so their components can be named in a recipe.
 from __future__ import annotations
 
 import logging
-import os
 import re
 import sys
 from collections.abc import Callable, Sequence
@@ -30,7 +29,7 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from gpt2kit.ablate import ablate_command
 from gpt2kit.chat.repl import chat_command  # and gpt2kit.chat: ChatDataModule by its short name
 from gpt2kit.errors import GPT2KitError
-from gpt2kit.registry import PLUGIN_ENV, failed_plugins, kinds, list_components, load_plugins, registry
+from gpt2kit.registry import export_plugins, failed_plugins, kinds, list_components, load_plugins, registry
 
 log = logging.getLogger("gpt2kit")
 
@@ -338,9 +337,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         explicit = _pop_plugins(argv)
         load_plugins(explicit)
-        if explicit:  # processes started from this one (DDP ranks, ablation runs) load them too
-            known = [m for m in os.environ.get(PLUGIN_ENV, "").split(",") if m]
-            os.environ[PLUGIN_ENV] = ",".join(dict.fromkeys([*known, *explicit]))
+        export_plugins(explicit)  # DDP ranks and ablation runs load them too
         if argv and argv[0] in COMMANDS:
             if argv[0] == "list":
                 list_command(*argv[1:3])

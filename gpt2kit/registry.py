@@ -23,7 +23,7 @@ import importlib
 import logging
 import os
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from typing import Any, TypeVar
@@ -256,6 +256,18 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
+def plugin_env() -> list[str]:
+    """The plugin modules named in ``GPT2KIT_PLUGINS``."""
+    return [m.strip() for m in os.environ.get(PLUGIN_ENV, "").split(",") if m.strip()]
+
+
+def export_plugins(modules: Sequence[str]) -> None:
+    """Add ``modules`` to ``GPT2KIT_PLUGINS``, so that processes started from this one (DDP ranks,
+    ablation runs) load them too."""
+    if modules:
+        os.environ[PLUGIN_ENV] = ",".join(dict.fromkeys([*plugin_env(), *modules]))
+
+
 def load_plugins(modules: Iterable[str] = (), *, entry_points: bool = True) -> dict[str, str]:
     """Import plugins so that their components register before the CLI parses a config.
 
@@ -290,8 +302,7 @@ def load_plugins(modules: Iterable[str] = (), *, entry_points: bool = True) -> d
                 )
                 continue
             _loaded_plugins[ep.value] = source
-    env = [m.strip() for m in os.environ.get(PLUGIN_ENV, "").split(",") if m.strip()]
-    for module in dict.fromkeys([*modules, *env]):
+    for module in dict.fromkeys([*modules, *plugin_env()]):
         if module in _loaded_plugins:
             continue
         try:

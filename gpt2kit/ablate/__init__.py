@@ -17,7 +17,6 @@ and seeds (:mod:`gpt2kit.ablate.study`). Each run trains in its own folder like 
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import sys
 import time
@@ -77,11 +76,12 @@ class RunRecord(L.Callback):
 
 def ablate(study: Study, parallel: int = 1, *, dry_run: bool = False, report_only: bool = False) -> list[Run]:
     """Run a study (skipping finished runs, resuming unfinished ones) and write its report."""
-    from gpt2kit.registry import PLUGIN_ENV, load_plugins
+    from gpt2kit.registry import export_plugins, load_plugins
 
     if parallel < 1:
         raise GPT2KitError(f"parallel={parallel}: give the number of runs to train at once (1 or more)")
     load_plugins(study.plugins, entry_points=False)  # entry points are loaded already (cli.main)
+    export_plugins(study.plugins)  # the runs started in subprocesses (--parallel) need them too
     runs = plan(study)
     bad = sorted({(r.variant, r.error) for r in runs if r.error is not None})
     for variant, error in bad:
@@ -94,8 +94,7 @@ def ablate(study: Study, parallel: int = 1, *, dry_run: bool = False, report_onl
     shutil.copyfile(study.path, study.out_dir / "study.yaml")
     finished = True
     if not report_only:
-        plugins = [*study.plugins, *[m for m in os.environ.get(PLUGIN_ENV, "").split(",") if m]]
-        finished = run_all(runs, parallel, plugins)
+        finished = run_all(runs, parallel)
     results = collect(runs)
     write_csv(results, study.out_dir / "results.csv")
     plotted = write_plot(study, results, study.out_dir / "plot.png")

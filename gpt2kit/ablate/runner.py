@@ -97,7 +97,7 @@ def prepare_run(run: Run) -> None:
         write_state(run, identity=run.identity)
 
 
-def run_all(runs: Sequence[Run], parallel: int = 1, plugins: Sequence[str] = ()) -> bool:
+def run_all(runs: Sequence[Run], parallel: int = 1) -> bool:
     """Run every run that is not done; returns False if interrupted (Ctrl-C), True otherwise."""
     check_unchanged(runs)
     todo = []
@@ -114,7 +114,7 @@ def run_all(runs: Sequence[Run], parallel: int = 1, plugins: Sequence[str] = ())
         return True
     if parallel <= 1:
         return _sequential(todo)
-    return _parallel(todo, parallel, plugins)
+    return _parallel(todo, parallel)
 
 
 def _start(run: Run) -> float:
@@ -193,13 +193,10 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
-def _child_env(parallel: int, slot: int, plugins: Sequence[str]) -> dict[str, str]:
+def _child_env(parallel: int, slot: int) -> dict[str, str]:
     env = dict(os.environ)
     if "OMP_NUM_THREADS" not in env:  # share the cores instead of each run taking all of them
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // parallel))
-    if plugins:  # modules named with --plugins or in the study file: the runs need them too
-        known = [m for m in env.get("GPT2KIT_PLUGINS", "").split(",") if m]
-        env["GPT2KIT_PLUGINS"] = ",".join(dict.fromkeys([*known, *plugins]))
     if "CUDA_VISIBLE_DEVICES" not in env:
         gpus = _gpu_count()
         if gpus > 1:  # one GPU per slot, round robin
@@ -220,7 +217,7 @@ def _last_error(log_file: Path) -> str:
     return f"{line} (output in {log_file})"
 
 
-def _parallel(todo: Sequence[Run], parallel: int, plugins: Sequence[str]) -> bool:
+def _parallel(todo: Sequence[Run], parallel: int) -> bool:
     """``parallel`` subprocesses at a time, each run's output in its ``train.log``."""
     pending = deque(todo)
     active: dict[int, tuple[Run, subprocess.Popen, float, Any]] = {}
@@ -238,7 +235,7 @@ def _parallel(todo: Sequence[Run], parallel: int, plugins: Sequence[str]) -> boo
                     ]
                     start = _start(run)
                     proc = subprocess.Popen(
-                        cmd, stdout=out, stderr=subprocess.STDOUT, env=_child_env(parallel, slot, plugins)
+                        cmd, stdout=out, stderr=subprocess.STDOUT, env=_child_env(parallel, slot)
                     )
                     active[slot] = (run, proc, start, out)
             time.sleep(0.2)
