@@ -32,6 +32,9 @@ class FineTuning(L.Callback):
       that step, logging each change.
     """
 
+    def __init__(self) -> None:
+        self._applied: set[str] = set()  # the trainable parameter names this callback last set
+
     def setup(self, trainer: L.Trainer, pl_module: GPTLitModule, stage: str) -> None:
         load_init_weights(pl_module, getattr(trainer.datamodule, "tokenizer", None))
 
@@ -45,7 +48,8 @@ class FineTuning(L.Callback):
                 f"(world size {trainer.world_size}) does not follow: train on one device, or use a policy "
                 "whose trainable set is fixed (LastNBlocks, LayerwiseLRDecay, ...)"
             )
-        set_trainable(pl_module.model, policy.trainable_at(pl_module.model, trainer.global_step))
+        self._applied = policy.trainable_at(pl_module.model, trainer.global_step)
+        set_trainable(pl_module.model, self._applied)
         rank_zero_info(
             f"fine-tuning with {policy!r} from step {trainer.global_step}:\n"
             + parameter_table(pl_module.model, policy)
@@ -59,10 +63,10 @@ class FineTuning(L.Callback):
             return
         model, step = pl_module.model, trainer.global_step
         wanted = policy.trainable_at(model, step)
-        now = {name for name, p in model.named_parameters() if p.requires_grad}
-        if wanted != now:
+        if wanted != self._applied:  # what on_fit_start or the last change set: no scan of the model
             set_trainable(model, wanted)
-            joined = [part for part, names in model_parts(model) if names and set(names) <= wanted - now]
+            new, self._applied = wanted - self._applied, wanted
+            joined = [part for part, names in model_parts(model) if names and set(names) <= new]
             rank_zero_info(
                 f"step {step}: {type(policy).__name__} unfreezes {', '.join(joined) or 'parameters'}"
             )

@@ -52,11 +52,17 @@ def model_parts(model: GPT) -> list[tuple[str, list[str]]]:
     A parameter shared by two modules (a tied head's weight) is named once, where the model first
     holds it: GPT-2's tied output projection is ``wte.weight``, among the embeddings.
     """
-    blocks = [(f"block {i}", _names(model, block)) for i, block in enumerate(model.blocks)]
-    top = _names(model, model.ln_f) + _names(model, model.head)
-    placed = set(top).union(*(names for _, names in blocks))
-    embeddings = [name for name, _ in model.named_parameters() if name not in placed]
-    return [("embeddings", embeddings), *blocks, ("final norm + head", top)]
+    top = len(model.blocks) + 1
+    part_of: dict[int, int] = {}  # id(parameter) → part: 0 embeddings (anything unplaced), 1 … n blocks, top
+    for i, block in enumerate(model.blocks, start=1):
+        part_of.update(dict.fromkeys(map(id, block.parameters()), i))
+    for module in (model.ln_f, model.head):
+        part_of.update(dict.fromkeys(map(id, module.parameters()), top))
+    names: list[list[str]] = [[] for _ in range(top + 1)]
+    for name, p in model.named_parameters():  # one pass, in the model's order
+        names[part_of.get(id(p), 0)].append(name)
+    labels = ["embeddings", *(f"block {i}" for i in range(len(model.blocks))), "final norm + head"]
+    return list(zip(labels, names, strict=True))
 
 
 def _names(model: nn.Module, module: nn.Module) -> list[str]:
