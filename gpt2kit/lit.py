@@ -35,8 +35,6 @@ from gpt2kit.tokenizers import Tokenizer
 if TYPE_CHECKING:
     from gpt2kit.data.prompts import PromptBatch
 
-"""Target id that contributes no loss (padding, prompts, non-assistant chat turns)."""
-
 
 @dataclass
 class OptimConfig:

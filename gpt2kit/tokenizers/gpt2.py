@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
-from typing import Any
 
 from gpt2kit.tokenizers.base import EOT, TOKENIZER
 from gpt2kit.tokenizers.bpe import ByteLevelBPE
@@ -38,9 +37,6 @@ class GPT2Tokenizer(ByteLevelBPE):
 
     def train(self, texts: Iterable[str]) -> None:
         """Nothing to learn: the vocabulary is OpenAI's."""
-
-    def config(self) -> dict[str, Any]:
-        return {"special_tokens": self.special_tokens}
 
     def _loaded(self) -> list[str]:
         if self.tokens is None:
