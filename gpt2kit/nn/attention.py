@@ -56,6 +56,8 @@ class KVCache:
         self.valid = torch.zeros(batch_size, max_len, device=device, dtype=torch.bool)
         self.max_len = max_len
         self.length = 0
+        self.padded = False
+        """Whether any entry may be padding (then every query needs a mask over the keys)."""
 
     def append(self, k: Tensor, v: Tensor, pos: Tensor, valid: Tensor | None) -> tuple[Tensor, ...]:
         """Store (B, h, T, hs) keys/values at the end; return everything cached so far."""
@@ -66,6 +68,7 @@ class KVCache:
         self.v[:, :, start:end] = v
         self.pos[:, start:end] = pos
         self.valid[:, start:end] = True if valid is None else valid
+        self.padded |= valid is not None
         self.length = end
         return self.k[:, :, :end], self.v[:, :, :end], self.pos[:, :end], self.valid[:, :end]
 
@@ -73,6 +76,7 @@ class KVCache:
         """Forget everything after the first ``length`` tokens (e.g. to reuse a shared prefix)."""
         assert 0 <= length <= self.length
         self.length = length
+        self.padded &= length > 0
 
 
 class Attention(nn.Module):
@@ -123,6 +127,8 @@ class Attention(nn.Module):
         p = self.dropout if self.training else 0.0
         if mask is None and bias is None and q.size(2) == k.size(2):
             return F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
+        if mask is None and bias is None and q.size(2) == 1:  # the newest token: it sees every key
+            return F.scaled_dot_product_attention(q, k, v, dropout_p=p)
         if mask is None:  # (torch's is_causal aligns a shorter query block to the first keys, not the last)
             mask = causal_mask(q.size(2), k.size(2), q.device)
         if bias is not None:
@@ -148,7 +154,10 @@ class Attention(nn.Module):
             v = v.repeat_interleave(self.n_head // self.n_kv_head, dim=1)
         bias = position.bias(pos, k_pos)
         mask = None
-        if not (self.causal_fast_path and cache is None and valid is None and bias is None):
+        # No mask to build when the kernel's causal rule is the whole story: no padding, no bias, and
+        # either no cache or one new token after unpadded ones (one-sequence decoding).
+        plain = self.causal_fast_path and valid is None and bias is None
+        if not (plain and (cache is None or (T == 1 and not cache.padded))):
             if k_valid is None:
                 k_valid = torch.ones(k_pos.shape, dtype=torch.bool, device=x.device)
             mask = self.mask(pos, k_pos, k_valid)
