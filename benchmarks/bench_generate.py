@@ -6,8 +6,9 @@ Both sides decode greedily from the same random GPT-2 small weights (124M, built
 is downloaded): a 16-token prompt, 128 new tokens, no early stop. Runs alternate between the two
 sides, and each figure is the median of ``--repeats`` runs after one warm-up run. Reported:
 
-* batch 1, fp32 and bf16 weights: tokens/s (new tokens over the whole call, prefill included) and
-  time to first token (prefill + the first sampled token);
+* batch 1, fp32 and bf16 weights, and gpt2kit's int8 weights (``--dtype int8``, CPU): tokens/s
+  (new tokens over the whole call, prefill included) and time to first token (prefill + the first
+  sampled token);
 * the same tokens/s as a fraction of the memory-bandwidth bound: at batch 1 every new token reads
   every weight once, so the bound is (GB/s of a large tensor copy) / (bytes of weights);
 * batch 8 (eight 16-token prompts): new tokens/s over all rows.
@@ -29,6 +30,7 @@ import torch
 from gpt2kit import GPT, preset
 from gpt2kit.generate import Generation, SamplingConfig
 from gpt2kit.interop.hf import state_from_hf
+from gpt2kit.quantize import quantize_int8
 
 PROMPT = 16
 
@@ -94,12 +96,16 @@ def time_hf(model, prompt: torch.Tensor, new: int) -> tuple[float, float]:
     return run(1), run(new)
 
 
-def compare(hf, ours: GPT, prompt: torch.Tensor, new: int, repeats: int) -> dict[str, tuple[float, float]]:
+def compare(
+    hf, ours: GPT, prompt: torch.Tensor, new: int, repeats: int, int8: GPT | None = None
+) -> dict[str, tuple[float, float]]:
     """Median (first-token, total) seconds of each side; runs alternate between the sides."""
     fns: dict[str, Callable[[], tuple[float, float]]] = {
         "transformers": lambda: time_hf(hf, prompt, new),
         "gpt2kit": lambda: time_ours(ours, prompt, new),
     }
+    if int8 is not None:
+        fns["gpt2kit int8"] = lambda: time_ours(int8, prompt, new)
     for fn in fns.values():
         fn()  # warm-up
     results: dict[str, list[tuple[float, float]]] = {name: [] for name in fns}
@@ -137,23 +143,34 @@ def main() -> None:
     print(header + "\n" + "-" * len(header))
     for dtype in (torch.float32, torch.bfloat16):
         hf, ours = hf.to(dtype), ours.to(dtype)
-        bound = bandwidth * 1e9 / (n_params * dtype.itemsize)
-        runs = compare(hf, ours, prompt, new, args.repeats)
+        # int8 copy of the float32 model, made once (generate --dtype int8 makes it per run)
+        int8 = quantize_int8(ours) if device == "cpu" and dtype == torch.float32 else None
+        runs = compare(hf, ours, prompt, new, args.repeats, int8)
         for side, (first, total) in runs.items():
             rate = new / total
-            name = str(dtype).removeprefix("torch.")
+            size = 1 if side.endswith("int8") else dtype.itemsize
+            bound = bandwidth * 1e9 / (n_params * size)
+            name = "int8" if size == 1 else str(dtype).removeprefix("torch.")
             print(f"{name:8} {side:14} {rate:7.1f} {rate / bound:8.0%} {first * 1000:9.0f} ms")
-        speedup = runs["transformers"][1] / runs["gpt2kit"][1]
-        print(f"{'':8} {'bound':14} {bound:7.1f}   speed-up over transformers: {speedup:.2f}x\n")
+        bound = bandwidth * 1e9 / (n_params * dtype.itemsize)
+        print(f"{'':8} {'bound':14} {bound:7.1f}")
+        for side in runs:
+            if side != "transformers":
+                speedup = runs["transformers"][1] / runs[side][1]
+                print(
+                    f"{'':8} speed-up of {side} over transformers {str(dtype).removeprefix('torch.')}: {speedup:.2f}x"
+                )
+        print()
 
     if not args.skip_batch8:
         batch = torch.randint(0, 50257, (8, PROMPT), device=device)
         print(f"batch 8: eight {PROMPT}-token prompts, {new} new tokens each (median of {args.repeats})")
         for dtype in (torch.float32, torch.bfloat16):
             hf, ours = hf.to(dtype), ours.to(dtype)
-            runs = compare(hf, ours, batch, new, args.repeats)
+            int8 = quantize_int8(ours) if device == "cpu" and dtype == torch.float32 else None
+            runs = compare(hf, ours, batch, new, args.repeats, int8)
             for side, (first, total) in runs.items():
-                name = str(dtype).removeprefix("torch.")
+                name = "int8" if side.endswith("int8") else str(dtype).removeprefix("torch.")
                 print(f"{name:8} {side:14} {8 * new / total:7.1f} tok/s   first token {first * 1000:.0f} ms")
         print()
     print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")

@@ -163,7 +163,7 @@ def generate_command(
     stop_at_eot: bool = True,
     seed: int | None = None,
     device: str = "cpu",
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32",
+    dtype: Literal["float32", "bfloat16", "float16", "int8"] = "float32",
 ) -> None:
     """Sample text from a checkpoint, printing tokens as they are generated.
 
@@ -181,11 +181,9 @@ def generate_command(
         stop_at_eot: end a sample at the end-of-text token.
         seed: seed for reproducible samples (sample i uses seed + i).
         device: torch device to run on (cpu, cuda, cuda:1, mps).
-        dtype: weight dtype; bfloat16 halves the bytes read per token (faster decoding).
+        dtype: weight dtype; bfloat16 halves the bytes read per token (faster decoding), int8 (CPU)
+            quarters them and is faster still, at a small cost in accuracy.
     """
-    import torch
-
-    from gpt2kit.checkpoint import load_module
     from gpt2kit.data import read_prompts
     from gpt2kit.generate import SamplingConfig, encode_prompt, stream_text
 
@@ -202,7 +200,7 @@ def generate_command(
     if num_samples < 1:
         raise GPT2KitError(f"num_samples={num_samples} must be >= 1")
     prompts = read_prompts(prompt_file) if prompt_file is not None else [prompt]
-    module = load_module(ckpt, map_location=_device(device)).to(getattr(torch, dtype))
+    module, model = load_for_decoding(ckpt, device, dtype)
     tok = module.tokenizer
     if tok is None:
         raise GPT2KitError(
@@ -221,10 +219,23 @@ def generate_command(
                 cfg.seed = seed + n
             n += 1
             sys.stdout.write(text)
-            for piece in stream_text(module.model, tok, prompt_ids, cfg):
+            for piece in stream_text(model, tok, prompt_ids, cfg):
                 sys.stdout.write(piece)
                 sys.stdout.flush()
             sys.stdout.write("\n")
+
+
+def load_for_decoding(ckpt: str, device: str, dtype: str):
+    """A checkpoint's module, and its model on ``device`` with weights in ``dtype`` (or int8) to decode with."""
+    import torch
+
+    from gpt2kit.checkpoint import load_module
+    from gpt2kit.quantize import quantize_int8
+
+    module = load_module(ckpt, map_location=_device(device))
+    if dtype == "int8":
+        return module, quantize_int8(module.model)
+    return module, module.to(getattr(torch, dtype)).model
 
 
 def _device(name: str) -> str:

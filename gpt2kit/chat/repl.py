@@ -39,7 +39,7 @@ def chat_command(
     repetition_penalty: float = 1.1,
     seed: int | None = None,
     device: str = "cpu",
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32",
+    dtype: Literal["float32", "bfloat16", "float16", "int8"] = "float32",
     template: str | None = None,
     show_prompt: bool = False,
 ) -> None:
@@ -58,18 +58,15 @@ def chat_command(
         repetition_penalty: > 1 makes tokens already in the conversation less likely (1: off).
         seed: seed for reproducible replies.
         device: torch device to run on (cpu, cuda, cuda:1, mps).
-        dtype: weight dtype; bfloat16 halves the bytes read per token.
+        dtype: weight dtype; bfloat16 halves the bytes read per token, int8 (CPU) quarters them.
         template: a registered chat template to use instead of the checkpoint's (it must be the one the
             model was trained with).
         show_prompt: after each reply, print the prompt the model saw (and how much of it came from the KV
             cache) on stderr.
     """
-    import torch
-
     from gpt2kit.chat.session import ChatSession
     from gpt2kit.chat.template import ChatTemplate
-    from gpt2kit.checkpoint import load_module
-    from gpt2kit.cli import _device
+    from gpt2kit.cli import load_for_decoding
     from gpt2kit.generate import SamplingConfig
 
     sampling = SamplingConfig(
@@ -80,7 +77,7 @@ def chat_command(
         repetition_penalty=repetition_penalty,
         seed=seed,
     )
-    module = load_module(ckpt, map_location=_device(device)).to(getattr(torch, dtype))
+    module, model = load_for_decoding(ckpt, device, dtype)
     if module.tokenizer is None:
         raise GPT2KitError(
             f"checkpoint {ckpt} carries no tokenizer: it was not trained by gpt2kit as a chatbot"
@@ -98,7 +95,7 @@ def chat_command(
             f"--model.init_from {ckpt} --data.init_args.tokenizer.init_args.path {ckpt}` (with the model "
             "settings of its run), then chat with the checkpoint that run writes"
         )
-    session = ChatSession(module.model, module.tokenizer, chat_template, sampling, system=system)
+    session = ChatSession(model, module.tokenizer, chat_template, sampling, system=system)
     if message:
         run(session, [message] if isinstance(message, str) else message, sys.stdout, show_prompt=show_prompt)
     elif sys.stdin.isatty():

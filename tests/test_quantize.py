@@ -1,0 +1,83 @@
+"""Int8 decoding: a copy of the model with int8 linear layers, close to float, original untouched."""
+
+import dataclasses
+
+import pytest
+import torch
+from test_generate import ckpt, model, tokenizer  # noqa: F401  (ckpt is a fixture)
+
+from gpt2kit import GPT, GPT2KitError, preset
+from gpt2kit.cli import main
+from gpt2kit.finetune import LoRALinear
+from gpt2kit.generate import Generation, PromptCache, SamplingConfig, generate
+from gpt2kit.nn import SwiGLUMLP, UntiedLMHead
+from gpt2kit.quantize import Int8Linear, Int8TiedLMHead, check_engine, quantize_int8
+
+
+def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
+    return ((out - ref).norm() / ref.norm()).item()
+
+
+def test_int8_copy_is_close_to_float_and_leaves_the_model_as_it_was():
+    gpt = model()
+    state = {k: v.clone() for k, v in gpt.state_dict().items()}
+    idx = torch.randint(0, gpt.config.vocab_size, (3, 12))
+    int8 = quantize_int8(gpt)
+    with torch.no_grad():
+        ref, out = gpt(idx), int8(idx)
+    assert 0 < relative_error(out, ref) < 0.05  # quantized (not the float path), yet within a few percent
+    n_layer = gpt.config.n_layer
+    assert sum(isinstance(m, Int8Linear) for m in int8.modules()) == 4 * n_layer + 1  # + the tied head
+    assert isinstance(int8.head, Int8TiedLMHead)
+    assert not any(isinstance(m, Int8Linear) for m in gpt.modules())  # the original keeps its layers
+    assert all(torch.equal(v, state[k]) for k, v in gpt.state_dict().items())
+    assert int8.wte.weight is gpt.wte.weight  # everything but the linear layers is shared, not copied
+
+
+def test_int8_handles_any_component_with_linear_layers_and_lora():
+    torch.manual_seed(0)
+    gpt = GPT(preset("nano", vocab_size=50), mlp=SwiGLUMLP, head=UntiedLMHead).eval()
+    block = gpt.blocks[0].attn
+    block.c_attn = LoRALinear(block.c_attn, rank=4, alpha=8, dropout=0.0)
+    torch.nn.init.normal_(block.c_attn.lora_B, std=0.5)  # an update that changes the output
+    idx = torch.randint(0, 50, (2, 10))
+    with torch.no_grad():
+        ref, out = gpt(idx), quantize_int8(gpt)(idx)
+    assert relative_error(out, ref) < 0.05  # the LoRA update is in the int8 matrix
+
+
+def test_int8_generation_tracks_float_and_serves_a_prompt_cache():
+    gpt, tok = model(), tokenizer()
+    int8 = quantize_int8(gpt)
+    cfg = SamplingConfig(max_new_tokens=8, temperature=0)
+    prompt = tok.encode("Hello there")
+    ref = generate(gpt, [prompt], cfg)[0].tokens
+    assert generate(int8, [prompt], cfg)[0].tokens[:4] == ref[:4]
+    batch = generate(int8, [prompt, tok.encode("Hi")], cfg)  # a left-padded batch runs too
+    assert len(batch[0].tokens) == len(batch[1].tokens) == 8
+    cache, short = PromptCache(), dataclasses.replace(cfg, max_new_tokens=6)  # all within the context
+    first = Generation(int8, [prompt], short, cache=cache)
+    list(first)
+    follow = prompt + first.completions()[0].tokens + tok.encode("Hi")
+    again = Generation(int8, [follow], short, cache=cache)
+    list(again)
+    assert cache.reused == len(prompt) + 5  # the prompt and the first 5 new tokens came from the cache
+    assert again.completions()[0].tokens == generate(int8, [follow], short)[0].tokens
+
+
+def test_int8_needs_the_x86_engine_and_a_cpu_float_model():
+    with pytest.raises(GPT2KitError, match=r"CPU from float weights.*--dtype bfloat16"):
+        quantize_int8(model().to("meta"))
+    with pytest.raises(GPT2KitError, match=r"x86 quantized engine.*--dtype bfloat16"):
+        check_engine(["qnnpack"])  # e.g. PyTorch on an ARM CPU
+    check_engine(torch.backends.quantized.supported_engines)
+
+
+def test_cli_generate_with_int8_weights(ckpt, capsys):  # noqa: F811
+    main(["generate", "--ckpt", str(ckpt), "--prompt", "Hello", "--max_new_tokens", "10",
+          "--temperature", "0", "--dtype", "int8"])  # fmt: skip
+    out = capsys.readouterr().out
+    assert out.startswith("Hello") and len(out.rstrip("\n")) > len("Hello")
+    with pytest.raises(SystemExit):
+        main(["generate", "--ckpt", str(ckpt), "--dtype", "int4"])
+    assert "int4" in capsys.readouterr().err
