@@ -277,6 +277,18 @@ def test_bpe_chinese_round_trip():
     assert bpe.decode(bpe.encode("未见过的字：龘靐 and English")) == "未见过的字：龘靐 and English"  # bytes
 
 
+@pytest.mark.parametrize("vocab_size", [300, 3000])
+def test_trained_bpe_ids_equal_the_merge_list_reference(shakespeare, vocab_size):
+    """Encoding ranks merges by token id (tiktoken); OpenAI's encoder applies the merge list in order."""
+    poems = (fetch_corpus("chinese-poetry") / "shijing.json").read_text(encoding="utf-8")
+    bpe = ByteLevelBPETokenizer(vocab_size=vocab_size, special_tokens=[EOT, "<|im_start|>"])
+    bpe.train([shakespeare[:100_000], poems[:100_000]])
+    encoder = {t: i for i, t in enumerate(bpe.tokens) if t not in bpe.special_tokens}
+    ref = RefEncoder(encoder, [tuple(m.split(" ")) for m in bpe.merges])
+    text = shakespeare[-20_000:] + poems[-20_000:] + "  Tabs\t\tand émoji 🙂 and 未见过的字"
+    assert bpe.encode(text) == ref.encode(text)
+
+
 def test_bpe_vocab_smaller_than_byte_alphabet_is_refused():
     with pytest.raises(GPT2KitError, match=r"vocab_size=200 is smaller than the byte alphabet.*>= 257"):
         ByteLevelBPETokenizer(vocab_size=200)

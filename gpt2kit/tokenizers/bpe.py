@@ -3,14 +3,17 @@
 How text becomes ids, in three steps:
 
 1. split into "words" with GPT-2's regex (:data:`GPT2_SPLIT`; e.g. ``"Hello world"`` → ``"Hello"``,
-   ``" world"``), with the ``regex`` package that OpenAI's own encoder uses;
-2. each word's UTF-8 bytes are written in a 256-character alphabet of printable stand-ins
-   (:func:`bytes_to_unicode`, space is ``Ġ``), so every string, in any script, is covered;
-3. the learned merges are applied inside each word, by the ``tokenizers`` library's BPE model.
+   ``" world"``);
+2. each word is taken as its UTF-8 bytes, so every string, in any script, is covered (the vocabulary
+   writes bytes in a 256-character alphabet of printable stand-ins, :func:`bytes_to_unicode`, where
+   space is ``Ġ``);
+3. inside each word, adjacent tokens are merged by priority until no merge applies.
 
-Words repeat (Heaps' law), so step 3 runs once per distinct word and its ids are cached; this is what
-makes preparation fast. The vocabulary is plain data (``tokens``, id → token, and ``merges``, in
-GPT-2's ``vocab.bpe`` format), saved with the prepared data and inside checkpoints.
+Steps 1 and 3 run in OpenAI's ``tiktoken`` (Rust, one thread per core for a batch), given the
+vocabulary's byte strings ranked by id. For a vocabulary whose ids follow its merge order (GPT-2's,
+and any the ``tokenizers`` trainer makes) that gives the ids the merge list gives; the tests check
+both against independent encoders. The vocabulary is plain data (``tokens``, id → token, and
+``merges``, in GPT-2's ``vocab.bpe`` format), saved with the prepared data and inside checkpoints.
 """
 
 from __future__ import annotations
@@ -18,9 +21,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
-from itertools import chain
 from typing import Any
 
 import regex
@@ -35,11 +36,8 @@ leading space), and whitespace, of which a run's last space stays with the next 
 BYTES = 256
 """The alphabet: every byte is a token, so nothing is ever out of vocabulary."""
 
-CACHE_WORDS = 1 << 18
-"""Distinct words whose ids are cached; the cache starts over when full, so memory stays bounded."""
-
 PARALLEL_CHARS = 1 << 16
-"""Batches larger than this are split into words by one thread per core."""
+"""Batches larger than this are encoded by one thread per core."""
 
 
 @lru_cache
@@ -71,8 +69,7 @@ class ByteLevelBPE(Tokenizer):
     def _reset(self) -> None:
         self.vocab: dict[str, int] = {}  # token -> id
         self._bytes: list[bytes] = []  # id -> the bytes it stands for
-        self._model: Any = None  # the `tokenizers` BPE model, built on first use
-        self._cache: dict[str, list[int]] = {}  # word -> ids
+        self._encoder: Any = None  # the tiktoken Encoding, built on first use
 
     def _set(self, tokens: list[str], merges: list[str]) -> None:
         """Install a vocabulary; special tokens it lacks get the next free ids, in order."""
@@ -110,36 +107,27 @@ class ByteLevelBPE(Tokenizer):
         return self.encode_ordinary_batch([text])[0]
 
     def encode_ordinary_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        encoder = self._tiktoken()
         if len(texts) > 1 and sum(map(len, texts)) > PARALLEL_CHARS:
-            with ThreadPoolExecutor(
-                min(len(texts), os.cpu_count() or 1)
-            ) as pool:  # the regex releases the GIL: one text per core
-                words = list(pool.map(_split, texts))
-        else:
-            words = [_split(t) for t in texts]
-        self._learn(set(chain.from_iterable(words)))
-        ids = self._cache.__getitem__
-        return [list(chain.from_iterable(map(ids, w))) for w in words]
+            return encoder.encode_ordinary_batch(list(texts), num_threads=os.cpu_count() or 1)
+        return [encoder.encode_ordinary(t) for t in texts]
 
-    def _learn(self, words: set[str]) -> None:
-        """Make sure the cache holds the ids of ``words``: the BPE model runs once per new word."""
-        missing = [w for w in words if w not in self._cache]
-        if len(self._cache) + len(missing) > CACHE_WORDS:
-            self._cache.clear()
-            missing = list(words)
-        if missing:
-            model = self._bpe()
-            for word in missing:  # merges apply to the word's bytes, written in the byte alphabet
-                chars = word.encode("utf-8").decode("latin-1").translate(_FROM_LATIN1)
-                self._cache[word] = [token.id for token in model.tokenize(chars)]
-
-    def _bpe(self) -> Any:
-        if self._model is None:
-            from tokenizers import models
+    def _tiktoken(self) -> Any:
+        """The vocabulary as a tiktoken Encoding: each token's bytes, ranked by id (special tokens apart)."""
+        if self._encoder is None:
+            import tiktoken
 
             self._loaded()
-            self._model = models.BPE(self.vocab, [tuple(m.split(" ")) for m in self.merges])
-        return self._model
+            specials = set(self.special_tokens)
+            ranks = {
+                b: i
+                for i, (t, b) in enumerate(zip(self.tokens, self._bytes, strict=True))
+                if t not in specials
+            }
+            self._encoder = tiktoken.Encoding(
+                f"gpt2kit-{self.name}", pat_str=GPT2_SPLIT.pattern, mergeable_ranks=ranks, special_tokens={}
+            )
+        return self._encoder
 
     def decode(self, ids: Sequence[int]) -> str:
         self._loaded()
@@ -166,12 +154,6 @@ class ByteLevelBPE(Tokenizer):
             self._set(state["tokens"], state["merges"])
 
 
-def _split(text: str) -> list[str]:
-    return GPT2_SPLIT.findall(text, concurrent=True)
-
-
-_FROM_LATIN1 = dict(bytes_to_unicode())
-"""str.translate table: a byte (as a latin-1 character) -> its stand-in in the byte alphabet."""
 _TO_LATIN1 = {ord(c): b for b, c in bytes_to_unicode().items()}
 """The reverse: a token's characters -> the bytes they stand for (as latin-1 characters)."""
 
