@@ -186,6 +186,14 @@ def test_gpt2_ids_equal_openai_on_varied_text(gpt2, ref):
         assert gpt2.decode(ids) == text
 
 
+def test_gpt2_classifies_unicode_as_openai_does(gpt2, ref):
+    """Letter, digit or other: each code point in a letter run, a digit run and a run of its own."""
+    points = [c for c in range(0, 0x110000, 16) if not 0xD800 <= c <= 0xDFFF]
+    for i in range(0, len(points), 4096):
+        text = " ".join(f"a{chr(c)}1 {chr(c)}{chr(c)}" for c in points[i : i + 4096])
+        assert gpt2.encode_ordinary(text) == ref.encode(text), hex(points[i])
+
+
 def _hf_gpt2_pipeline():
     """Hugging Face's GPT-2 tokenizer pipeline (Oniguruma regex), built from the same two files."""
     from tokenizers import Tokenizer as Backend
