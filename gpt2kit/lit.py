@@ -155,21 +155,19 @@ class GPTLitModule(L.LightningModule):
         return self.model(idx, **kwargs)
 
     # -- steps ----------------------------------------------------------------------------------------
-    def loss(self, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
-        """Mean next-token cross-entropy over the supervised targets, and their count."""
+    def loss(self, batch: tuple[Tensor, Tensor]) -> Tensor:
+        """Mean next-token cross-entropy over the supervised targets."""
         x, y = batch
         logits = self.model(x)  # (B, T, vocab)
-        loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), ignore_index=IGNORE_INDEX)
-        return loss, (y != IGNORE_INDEX).sum()
+        return F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), ignore_index=IGNORE_INDEX)
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        loss, _ = self.loss(batch)
+        loss = self.loss(batch)
         if self.trainer.strategy.reduce_boolean_decision(not torch.isfinite(loss).item(), all=False):
             self._nonfinite_loss(loss, batch_idx)  # every rank takes the same branch
-        logging = self.trainer._logger_connector.should_update_logs  # as Lightning's LearningRateMonitor
-        if (
-            logging
-        ):  # self.log costs ~2 ms on a CPU: only where the logger writes (and the progress bar updates)
+        # self.log costs ~2 ms on a CPU: log only where the logger writes, as LearningRateMonitor does
+        logging = self.trainer._logger_connector.should_update_logs
+        if logging:
             self.log("train_loss", loss, prog_bar=True, sync_dist=True)  # the global batch's loss under DDP
         self._log_throughput(batch[0].numel() * self.trainer.world_size, batch[0].shape[1], logging)
         return loss
@@ -230,7 +228,7 @@ class GPTLitModule(L.LightningModule):
         self.val_loss.reset()  # fresh states in this loop's grad mode (validate() runs in inference mode)
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        loss, n = self.loss(batch)
+        loss, n = self.loss(batch), (batch[1] != IGNORE_INDEX).sum()
         if n > 0:  # a batch of padding (evening out the ranks' shards) has no targets and a NaN mean
             self.val_loss.update(loss, weight=n)
 
