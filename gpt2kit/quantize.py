@@ -9,11 +9,11 @@ of float32, and runs near the memory bandwidth, which PyTorch's bfloat16 matrix-
 not on the CPU.
 
 Every ``nn.Linear`` of the model is replaced, whatever component it belongs to (plugins included;
-LoRA layers with their update merged), and so is the tied LM head, which reads the token embedding. The copy shares every other parameter
-with the original (embeddings, norms, position tables), so it costs about a quarter of the model's
-memory, and the original is left as it was. The cost is accuracy: each product is off by about 1%,
-so the loss rises slightly (``docs/generation.md`` has the figures), and greedy samples can part from
-float32's after a while.
+LoRA layers with their update merged), and so is the tied LM head, which reads the token embedding.
+The copy shares every other parameter with the original (embeddings, norms, position tables), so it
+costs about a quarter of the model's memory, and the original is left as it was. The cost is
+accuracy: each product is off by about 1%, so the loss rises slightly (``docs/generation.md`` has the
+figures), and greedy samples can part from float32's after a while.
 """
 
 from __future__ import annotations
