@@ -41,9 +41,14 @@ def _readable(message: str) -> str:
     slot = key.group(1).split(".")[-1] if key else ""
     if key and bad and slot in kinds():
         try:
-            registry(slot).entry(bad.group(1))
+            entry = registry(slot).entry(bad.group(1))
         except GPT2KitError as exc:
             return f"{key.group(1)}: {exc}"
+        if bad.group(1) != entry.cls.__name__:  # a registry name: recipes name the class
+            return (
+                f"{key.group(1)}: '{bad.group(1)}' is the registered name of {entry.cls.__name__}; recipes and "
+                f"options take the class name: {entry.cls.__name__} (or class_path {entry.class_path})"
+            )
     lines = [line.strip(" -") for line in message.splitlines() if line.strip(" -")]
     return "; ".join(dict.fromkeys(lines)).replace(":; ", ": ")
 
@@ -137,6 +142,9 @@ def list_command(kind: str | None = None, pattern: str = "*") -> None:
         print(f"no {kind or 'component'} matches '{pattern}'")
         return
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    print(
+        "name, class, source, summary; recipes and options take the class (--model.attention MathAttention)"
+    )
     current = None
     for r in rows:
         if r[0] != current:
