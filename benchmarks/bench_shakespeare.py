@@ -134,19 +134,25 @@ def main() -> None:
         help="how far nanoGPT's 20-batch estimate moves, for each final model",
     )
     args = parser.parse_args()
-    results, refs, spreads = [], [], []
+    results, refs = [], []
     head = "| seed | gpt2kit val loss | wall time (s) |"
     print(head + (" plain nanoGPT loop | its 20-batch estimate |" if args.reference else ""))
     print("|---|---|---|" + ("---|---|" if args.reference else ""), flush=True)
     for seed in args.seeds:
         loss, wall, stats = run(seed, args.max_steps, args.spread)
         results.append((loss, wall))
-        spreads.append(stats)
         row = f"| {seed} | {loss:.4f} | {wall:.0f} |"
         if args.reference:
             refs.append(reference(seed, args.max_steps))
             row += f" {refs[-1][0]:.4f} | {refs[-1][1]:.4f} |"
         print(row, flush=True)
+        if stats:
+            mean, std, below = stats
+            print(
+                f"  seed {seed}: loss over every window nanoGPT could draw {mean:.4f}; its 20-batch estimate "
+                f"has std {std:.4f} and reads <= 1.886 with probability {below:.1%}",
+                flush=True,
+            )
     med = statistics.median(r[0] for r in results)
     wall = statistics.median(r[1] for r in results)
     verdict = "PASS" if med <= TARGET else "FAIL"
@@ -156,13 +162,6 @@ def main() -> None:
     if refs:
         ref = statistics.median(r[0] for r in refs)
         print(f"plain nanoGPT loop, same model, seeds and validation windows: median {ref:.4f}")
-    for seed, stats in zip(args.seeds, spreads, strict=True):
-        if stats:
-            mean, std, below = stats
-            print(
-                f"seed {seed}: loss over every window nanoGPT could draw {mean:.4f}; its 20-batch estimate "
-                f"has std {std:.4f} and reads <= 1.886 with probability {below:.1%}"
-            )
 
 
 if __name__ == "__main__":
