@@ -1,6 +1,6 @@
 """Accuracy of int8 decoding (``generate --dtype int8``) on trained checkpoints.
 
-    python benchmarks/bench_int8.py --ckpt runs/shakespeare-char/checkpoints/last.ckpt --source tinyshakespeare
+    python benchmarks/bench_int8.py [--ckpt runs/shakespeare-char/checkpoints/last.ckpt --source tinyshakespeare]
 
 Evaluates the checkpoint on its corpus's validation windows three ways: float32, bfloat16 weights,
 and the int8 copy made by :func:`gpt2kit.quantize.quantize_int8`. Reports each val loss, and
@@ -11,6 +11,7 @@ position). The speed side is in ``bench_generate.py``.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -19,6 +20,8 @@ from gpt2kit.checkpoint import load_module
 from gpt2kit.data import TextDataModule
 from gpt2kit.quantize import quantize_int8
 from gpt2kit.tokenizers import CheckpointTokenizer
+
+DEFAULT_CKPT = "runs/shakespeare-char/checkpoints/last.ckpt"
 
 
 @torch.inference_mode()
@@ -36,10 +39,17 @@ def evaluate(model, batches) -> tuple[float, list[torch.Tensor]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--ckpt", required=True)
-    parser.add_argument("--source", required=True, help="the corpus the checkpoint was trained on")
+    parser.add_argument("--ckpt", default=DEFAULT_CKPT, help="default: the Shakespeare recipe's checkpoint")
+    parser.add_argument(
+        "--source", default="tinyshakespeare", help="the corpus the checkpoint was trained on"
+    )
     parser.add_argument("--max_batches", type=int, default=50)
     args = parser.parse_args()
+    if not Path(args.ckpt).is_file():  # `nox -s bench` runs every script without arguments
+        print(
+            f"bench_int8: skipped, no checkpoint at {args.ckpt} (train the recipe or pass --ckpt and --source)"
+        )
+        return
     module = load_module(args.ckpt).eval()
     model = module.model
     block = model.config.block_size
