@@ -58,7 +58,7 @@ from gpt2kit.chat.template import ChatEncoder, ChatTemplate, EncodedTurn, RoleTo
 from gpt2kit.data.datamodule import IGNORE_INDEX, ShardDataModule
 from gpt2kit.data.prepare import _held_out, load_prepared, new_tmp, publish, token_dtype
 from gpt2kit.data.sampler import PAD, EvalSampler, RandomWindowSampler
-from gpt2kit.data.sources import CHAT_READERS, CORPORA, cache_dir, fetch_corpus, sha256_file
+from gpt2kit.data.sources import CHAT_READERS, CORPORA, fetch_corpus, sha256_file
 from gpt2kit.errors import GPT2KitError
 from gpt2kit.tokenizers import Tokenizer
 
@@ -577,32 +577,25 @@ class ChatDataModule(ShardDataModule):
             seed: seed of the training order (and of packing).
             cache: folder for prepared samples (default: $GPT2KIT_CACHE/prepared-chat).
         """
-        super().__init__()
-        if block_size <= 0 or batch_size <= 0:
-            raise GPT2KitError(f"block_size={block_size} and batch_size={batch_size} must be positive")
+        if tokenizer is None:
+            from gpt2kit.tokenizers import GPT2Tokenizer
+
+            tokenizer = GPT2Tokenizer()
+        super().__init__(
+            tokenizer, block_size, batch_size, val_fraction, num_workers, seed, cache, "prepared-chat"
+        )
         if max_conversations is not None and max_conversations <= 0:
             raise GPT2KitError(f"max_conversations={max_conversations} must be positive (or null for all)")
         self.source = [source] if isinstance(source, str) else list(source)
         if not self.source:
             raise GPT2KitError("source is an empty list: name at least one chat corpus or file")
-        if tokenizer is None:
-            from gpt2kit.tokenizers import GPT2Tokenizer
-
-            tokenizer = GPT2Tokenizer()
-        self._tokenizer = tokenizer
         self.template = template if template is not None else RoleTokensTemplate()
-        self.block_size = block_size
-        self.batch_size = batch_size
-        self.val_fraction = val_fraction
         self.val_max_samples = val_max_samples
         self.roles = roles
         self.on_bad_row = on_bad_row
         self.max_conversations = max_conversations
         self.pack = pack
         self.pad_to_block = pad_to_block
-        self.num_workers = num_workers
-        self.seed = seed
-        self.cache = Path(cache).expanduser() if cache else cache_dir() / "prepared-chat"
         self._prepared: PreparedChat | None = None
 
     # -- preparation ----------------------------------------------------------------------------------------

@@ -56,14 +56,33 @@ class WindowDataset(Dataset):
 
 
 class ShardDataModule(L.LightningDataModule):
-    """What the shard-backed DataModules share: ranks, loaders, and a resumable training loader.
+    """What the shard-backed DataModules share: settings, ranks, loaders, and a resumable training loader.
 
-    Subclasses set ``batch_size``, ``num_workers`` and ``seed``, and may give batches a ``collate_fn``.
+    Subclasses may give batches a ``collate_fn``.
     """
 
-    batch_size: int
-    num_workers: int
-    seed: int
+    def __init__(
+        self,
+        tokenizer: Tokenizer,
+        block_size: int,
+        batch_size: int,
+        val_fraction: float,
+        num_workers: int,
+        seed: int,
+        cache: str | None,
+        cache_name: str,
+    ) -> None:
+        """``cache``: the folder for prepared shards; None: ``cache_name`` under the gpt2kit cache."""
+        super().__init__()
+        if block_size <= 0 or batch_size <= 0:
+            raise GPT2KitError(f"block_size={block_size} and batch_size={batch_size} must be positive")
+        self._tokenizer = tokenizer
+        self.block_size = block_size
+        self.batch_size = batch_size
+        self.val_fraction = val_fraction
+        self.num_workers = num_workers
+        self.seed = seed
+        self.cache = Path(cache).expanduser() if cache else cache_dir() / cache_name
 
     def _ranks(self) -> tuple[int, int]:
         """(world size, this process's rank): how many share the data, and which share is this one's."""
@@ -136,18 +155,12 @@ class TextDataModule(ShardDataModule):
             cache: folder for prepared shards (default: $GPT2KIT_CACHE/prepared).
             field: the key of each JSON line that holds its text (``*.jsonl`` sources).
         """
-        super().__init__()
-        if block_size <= 0 or batch_size <= 0:
-            raise GPT2KitError(f"block_size={block_size} and batch_size={batch_size} must be positive")
+        tokenizer = tokenizer if tokenizer is not None else CharTokenizer()
+        super().__init__(
+            tokenizer, block_size, batch_size, val_fraction, num_workers, seed, cache, "prepared"
+        )
         self.source = source
-        self._tokenizer = tokenizer if tokenizer is not None else CharTokenizer()
-        self.block_size = block_size
-        self.batch_size = batch_size
-        self.val_fraction = val_fraction
         self.val_max_windows = val_max_windows
-        self.num_workers = num_workers
-        self.seed = seed
-        self.cache = Path(cache).expanduser() if cache else cache_dir() / "prepared"
         self.field = field
         self._prepared: Prepared | None = None
 
