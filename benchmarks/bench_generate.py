@@ -135,6 +135,9 @@ def main() -> None:
     print(f"copy bandwidth: {bandwidth:.1f} GB/s\n")
     hf, ours = models(device)
     n_params = ours.num_params()
+    # the int8 copy of the float32 model, made once (generate --dtype int8 makes it per run); its int8
+    # weights are a snapshot, so converting `ours` to bf16 and back leaves them as they are
+    int8 = quantize_int8(ours) if device == "cpu" else None
     torch.manual_seed(1)
     prompt = torch.randint(0, 50257, (1, PROMPT), device=device)
 
@@ -143,9 +146,7 @@ def main() -> None:
     print(header + "\n" + "-" * len(header))
     for dtype in (torch.float32, torch.bfloat16):
         hf, ours = hf.to(dtype), ours.to(dtype)
-        # int8 copy of the float32 model, made once (generate --dtype int8 makes it per run)
-        int8 = quantize_int8(ours) if device == "cpu" and dtype == torch.float32 else None
-        runs = compare(hf, ours, prompt, new, args.repeats, int8)
+        runs = compare(hf, ours, prompt, new, args.repeats, int8 if dtype == torch.float32 else None)
         for side, (first, total) in runs.items():
             rate = new / total
             size = 1 if side.endswith("int8") else dtype.itemsize
@@ -167,8 +168,7 @@ def main() -> None:
         print(f"batch 8: eight {PROMPT}-token prompts, {new} new tokens each (median of {args.repeats})")
         for dtype in (torch.float32, torch.bfloat16):
             hf, ours = hf.to(dtype), ours.to(dtype)
-            int8 = quantize_int8(ours) if device == "cpu" and dtype == torch.float32 else None
-            runs = compare(hf, ours, batch, new, args.repeats, int8)
+            runs = compare(hf, ours, batch, new, args.repeats, int8 if dtype == torch.float32 else None)
             for side, (first, total) in runs.items():
                 name = "int8" if side.endswith("int8") else str(dtype).removeprefix("torch.")
                 print(f"{name:8} {side:14} {8 * new / total:7.1f} tok/s   first token {first * 1000:.0f} ms")
