@@ -124,12 +124,11 @@ class FreezePolicy:
         are ordered from the highest LR down, so group 0 carries the peak LR.
         """
         scales = self.lr_scales(model)
-        embeddings = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+        decayed = model.decayed_parameter_names()
         groups: dict[tuple[float, bool], list[Tensor]] = {}
         for name, p in model.named_parameters():
             if name in scales:
-                decay = p.dim() >= 2 and id(p) not in embeddings
-                groups.setdefault((scales[name], decay), []).append(p)
+                groups.setdefault((scales[name], name in decayed), []).append(p)
         return [
             {
                 "params": params,

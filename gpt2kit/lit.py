@@ -19,7 +19,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_warn
-from torch import Tensor, nn
+from torch import Tensor
 from torchmetrics import MeanMetric
 
 from gpt2kit import perf, resume
@@ -285,11 +285,11 @@ class GPTLitModule(L.LightningModule):
         """AdamW groups: weight decay on matrices; none on biases, norms and embeddings."""
         if self.finetune is not None:  # only what the policy trains, each group at its own LR
             return self.finetune.param_groups(self.model, self.optim.lr, self.optim.weight_decay)
-        embeddings = {id(m.weight) for m in self.model.modules() if isinstance(m, nn.Embedding)}
+        decayed = self.model.decayed_parameter_names()
         decay, no_decay = [], []
-        for p in self.model.parameters():
+        for name, p in self.model.named_parameters():
             if p.requires_grad:
-                (decay if p.dim() >= 2 and id(p) not in embeddings else no_decay).append(p)
+                (decay if name in decayed else no_decay).append(p)
         return [
             {"params": decay, "weight_decay": self.optim.weight_decay},
             {"params": no_decay, "weight_decay": 0.0},

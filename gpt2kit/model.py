@@ -30,7 +30,7 @@ from gpt2kit.nn import (
     TiedLMHead,
     gpt2_init,
 )
-from gpt2kit.nn.init import STD
+from gpt2kit.nn.init import grow_rows
 
 AttentionFactory = Callable[[GPTConfig], Attention]
 PositionFactory = Callable[[GPTConfig], PositionEncoding]
@@ -119,14 +119,14 @@ class GPT(nn.Module):
                 f"resize_token_embeddings({vocab_size}) would drop trained rows of the {old.size(0)}-token "
                 "embedding: only growing is supported"
             )
-        wte = nn.Embedding(vocab_size, old.size(1), device=old.device, dtype=old.dtype)
-        with torch.no_grad():
-            nn.init.normal_(wte.weight, mean=0.0, std=STD)
-            wte.weight[: old.size(0)] = old
-        wte.weight.requires_grad_(old.requires_grad)
-        self.wte = wte
+        self.wte = nn.Embedding.from_pretrained(grow_rows(old, vocab_size), freeze=not old.requires_grad)
         self.head.resize_vocab(vocab_size)
         self.config = dataclasses.replace(self.config, vocab_size=vocab_size)
+
+    def decayed_parameter_names(self) -> set[str]:
+        """The parameters AdamW decays: matrices, not biases, norms or embeddings (GPT-2's practice)."""
+        embeddings = {id(m.weight) for m in self.modules() if isinstance(m, nn.Embedding)}
+        return {n for n, p in self.named_parameters() if p.dim() >= 2 and id(p) not in embeddings}
 
     def new_cache(
         self, batch_size: int, max_len: int | None = None, *, dtype: torch.dtype | None = None

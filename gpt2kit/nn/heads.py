@@ -8,7 +8,7 @@ from torch import Tensor, nn
 
 from gpt2kit.config import GPTConfig
 from gpt2kit.errors import GPT2KitError
-from gpt2kit.nn.init import STD
+from gpt2kit.nn.init import grow_rows
 from gpt2kit.registry import add_kind
 
 
@@ -53,11 +53,8 @@ class UntiedLMHead(Head):
 
     def resize_vocab(self, vocab_size: int) -> None:
         old = self.lm_head.weight
-        lm_head = nn.Linear(old.size(1), vocab_size, bias=False, device=old.device, dtype=old.dtype)
-        with torch.no_grad():
-            nn.init.normal_(lm_head.weight, mean=0.0, std=STD)  # GPT-2's init for the new rows
-            lm_head.weight[: old.size(0)] = old
-        lm_head.weight.requires_grad_(old.requires_grad)
+        lm_head = nn.Linear(old.size(1), vocab_size, bias=False, device="meta")
+        lm_head.weight = grow_rows(old, vocab_size)
         self.lm_head = lm_head
 
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import math
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
 STD = 0.02
 
@@ -20,6 +21,15 @@ def mark_residual(linear: nn.Linear) -> nn.Linear:
     """Mark ``linear`` as a projection into the residual stream (scaled init)."""
     linear.residual_projection = True
     return linear
+
+
+def grow_rows(weight: Tensor, rows: int) -> nn.Parameter:
+    """``weight`` with rows added at the end, drawn from N(0, 0.02) as GPT-2 initialises (new tokens)."""
+    grown = torch.empty(rows, weight.size(1), device=weight.device, dtype=weight.dtype)
+    with torch.no_grad():
+        nn.init.normal_(grown, mean=0.0, std=STD)
+        grown[: weight.size(0)] = weight
+    return nn.Parameter(grown, requires_grad=weight.requires_grad)
 
 
 def gpt2_init(model: nn.Module, n_layer: int) -> None:
