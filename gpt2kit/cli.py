@@ -16,10 +16,11 @@ before the command line is parsed, so their components can be named in a recipe.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Literal, NoReturn
 
 from jsonargparse import ArgumentParser
@@ -51,6 +52,20 @@ def _readable(message: str) -> str:
             )
     lines = [line.strip(" -") for line in message.splitlines() if line.strip(" -")]
     return "; ".join(dict.fromkeys(lines)).replace(":; ", ": ")
+
+
+@contextlib.contextmanager
+def program_args(args: Sequence[str] = ()) -> Iterator[None]:
+    """``sys.argv`` is the program name and ``args`` inside, restored after.
+
+    LightningCLI reads ``sys.argv`` (and warns when it is given ``args`` while sys.argv has some too).
+    """
+    saved = sys.argv
+    sys.argv = [*saved[:1], *args]
+    try:
+        yield
+    finally:
+        sys.argv = saved
 
 
 def _user_error(exc: BaseException | None) -> GPT2KitError | None:
@@ -365,11 +380,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             else:
                 _run_function(COMMANDS[argv[0]], argv[1:], argv[0])
         else:
-            saved, sys.argv = sys.argv, [sys.argv[0], *argv]  # LightningCLI reads sys.argv
-            try:
+            with program_args(argv):
                 lightning_main()
-            finally:
-                sys.argv = saved
     except Exception as exc:
         if (cause := _user_error(exc)) is None:
             raise

@@ -138,7 +138,7 @@ def _finish(run: Run, start: float, status: str, error: str | None = None) -> No
 
 def _sequential(todo: Sequence[Run]) -> bool:
     """In this process: no interpreter start per run, and a traceback in the run's error.log on failure."""
-    from gpt2kit.cli import _user_error, lightning_main
+    from gpt2kit.cli import _user_error, lightning_main, program_args
 
     for run in todo:
         interrupted = []
@@ -151,11 +151,10 @@ def _sequential(todo: Sequence[Run]) -> bool:
         in_main = _main_thread()
         if in_main:
             signal.signal(signal.SIGINT, on_sigint)
-        saved_argv = sys.argv
-        sys.argv = saved_argv[:1]
         start = _start(run)
         try:
-            lightning_main(fit_args(run))
+            with program_args():
+                lightning_main(fit_args(run))
         except (KeyboardInterrupt, SystemExit) as exc:
             if interrupted or isinstance(exc, KeyboardInterrupt):  # Lightning turns Ctrl-C into exit(1)
                 _finish(run, start, RUNNING)
@@ -171,7 +170,6 @@ def _sequential(todo: Sequence[Run]) -> bool:
         else:
             _finish(run, start, DONE)
         finally:
-            sys.argv = saved_argv
             if in_main:
                 signal.signal(signal.SIGINT, previous)
     return True

@@ -25,7 +25,6 @@ import difflib
 import itertools
 import json
 import re
-import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -267,29 +266,26 @@ def _fit_parser() -> Any:
 
     import gpt2kit.callbacks  # noqa: F401  short class names in recipes, as in lightning_main
     import gpt2kit.data  # noqa: F401
-    from gpt2kit.cli import GPT2KitCLI
+    from gpt2kit.cli import GPT2KitCLI, program_args
     from gpt2kit.lit import GPTLitModule
 
     class ParserOnly(GPT2KitCLI):
         def parse_arguments(self, parser: Any, args: Any) -> None:
             raise _Parsed(parser)  # built, with every subcommand: stop before parsing or instantiating
 
-    saved = sys.argv
-    sys.argv = saved[:1]
     try:
-        ParserOnly(
-            GPTLitModule,
-            L.LightningDataModule,
-            subclass_mode_data=True,
-            args=[],
-            run=True,
-            auto_configure_optimizers=False,
-            parser_kwargs={"exit_on_error": False, "fit": {"exit_on_error": False}},
-        )
+        with program_args():
+            ParserOnly(
+                GPTLitModule,
+                L.LightningDataModule,
+                subclass_mode_data=True,
+                args=[],
+                run=True,
+                auto_configure_optimizers=False,
+                parser_kwargs={"exit_on_error": False, "fit": {"exit_on_error": False}},
+            )
     except _Parsed as parsed:
         _PARSER = parsed.args[0]
-    finally:
-        sys.argv = saved
     assert _PARSER is not None
     return _PARSER
 
@@ -300,14 +296,10 @@ class Resolver:
     def __init__(self, base: Path, overrides: dict[str, Any]) -> None:
         self.base, self.common = base, overrides
         self.parser = _fit_parser()
-        saved = sys.argv
-        sys.argv = saved[:1]  # LightningCLI warns when it is given args while sys.argv has some too
         try:
-            self.base_config = self._dump(self.parser.parse_args(["fit", "--config", str(base)]))
+            self.base_config = self._dump(self._parse(["fit", "--config", str(base)]))
         except Exception as exc:
             raise GPT2KitError(f"base recipe {base} does not parse: {_one_line(exc)}") from None
-        finally:
-            sys.argv = saved
         self.keys = sorted(set(_flat_keys(self.base_config)))
         if self.common:
             try:
@@ -325,15 +317,17 @@ class Resolver:
     def resolve(self, overrides: dict[str, Any]) -> dict[str, Any]:
         """The full ``fit`` config of base + study overrides + these, or a one-line GPT2KitError."""
         args = ["fit", "--config", str(self.base), *override_args({**self.common, **overrides})]
-        saved = sys.argv
-        sys.argv = saved[:1]
         try:
-            namespace = self.parser.parse_args(args)
+            namespace = self._parse(args)
         except Exception as exc:
             raise GPT2KitError(self._explain(_one_line(exc), {**self.common, **overrides})) from None
-        finally:
-            sys.argv = saved
         return self._dump(namespace)
+
+    def _parse(self, args: list[str]) -> Any:
+        from gpt2kit.cli import program_args
+
+        with program_args():
+            return self.parser.parse_args(args)
 
     def _explain(self, message: str, overrides: dict[str, Any]) -> str:
         """Name the override key behind an 'unrecognized arguments' error, with the closest real key."""
