@@ -4,6 +4,8 @@ Virtualenvs see the system site-packages, so an installed torch (CPU or CUDA bui
 rather than downloaded again.
 """
 
+from pathlib import Path
+
 import nox
 
 nox.options.sessions = ["lint", "tests"]
@@ -21,13 +23,19 @@ def lint(session: nox.Session) -> None:
     session.install("ruff")
     session.run("ruff", "check", "gpt2kit", "tests", "benchmarks", "plugins")
     session.run("ruff", "format", "--check", "gpt2kit", "tests", "benchmarks", "plugins")
+    # Imports point down the layers (README, "How it fits together"): no module may import its importers.
+    tool = Path("..") / "shared" / "tools" / "import_cycles.py"
+    if tool.is_file():
+        session.run("python", str(tool), "gpt2kit")
+    else:
+        session.log(f"import-cycle check skipped: {tool} not found")
 
 
 @nox.session(**VENV)
 def bench(session: nox.Session) -> None:
     """Throughput and quality benchmarks (minutes; not part of the test suite)."""
     session.install("-e", ".[dev,hf,plot]")
-    for script in sorted(__import__("pathlib").Path("benchmarks").glob("bench_*.py")):
+    for script in sorted(Path("benchmarks").glob("bench_*.py")):
         session.run("python", str(script), *session.posargs)
 
 
@@ -42,6 +50,6 @@ def recipes(session: nox.Session) -> None:
 def plugins(session: nox.Session) -> None:
     """Each example plugin installed as a user would (pip, entry point), then its own tests."""
     session.install("-e", ".[dev]")
-    for plugin in sorted(__import__("pathlib").Path("plugins").glob("*/pyproject.toml")):
+    for plugin in sorted(Path("plugins").glob("*/pyproject.toml")):
         session.install(str(plugin.parent))
         session.run("pytest", "-q", "-p", "no:cacheprovider", str(plugin.parent / "tests"), *session.posargs)

@@ -3,7 +3,8 @@
 from gpt2kit.config import PRESETS, GPTConfig, preset
 from gpt2kit.errors import GPT2KitError
 from gpt2kit.model import GPT
-from gpt2kit.registry import build, list_components, register, registry
+from gpt2kit.components import build, list_components, registry
+from gpt2kit.registry import register
 
 __version__ = "0.1.0"
 

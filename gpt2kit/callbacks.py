@@ -1,148 +1,102 @@
-"""Lightning callbacks of gpt2kit: fine-tuning (added by ``GPTLitModule.configure_callbacks``) and
-the JSONL writer of ``predict``."""
+"""Lightning callbacks of gpt2kit: the final validation of every fit (added by
+``GPTLitModule.configure_callbacks``), the step-counting progress bar (the CLI's default) and the JSONL
+writer of ``predict``. Fine-tuning's callback is :class:`gpt2kit.finetune.callback.FineTuning`."""
 
 from __future__ import annotations
 
-import copy
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import lightning as L
-from lightning.pytorch.callbacks import BasePredictionWriter
-from lightning.pytorch.utilities import rank_zero_info
-
-from gpt2kit.errors import GPT2KitError
-from gpt2kit.finetune import load_weights, model_parts, parameter_table, set_trainable
-from gpt2kit.tokenizers import Tokenizer
-
-if TYPE_CHECKING:
-    from gpt2kit.lit import GPTLitModule
+from lightning.pytorch.callbacks import BasePredictionWriter, ProgressBar, RichProgressBar, TQDMProgressBar
 
 
-class FineTuning(L.Callback):
-    """Applies the module's ``init_from`` and ``finetune`` settings during a run.
+class FinalValidation(L.Callback):
+    """Every fit ends with a validation pass (``val_loss`` logged), whatever ``max_steps`` is.
 
-    * before any stage (``setup``): load the ``init_from`` weights and tokenizer, once — a resumed run
-      (``--ckpt_path``) then overwrites them with its own state, as Lightning restores after setup;
-    * at the start of fit: set the trainable parameters for the current step and log the table of
-      trainable vs frozen parameters per block;
-    * before each step, for a scheduled policy (gradual unfreezing): set the trainable parameters for
-      that step, logging each change.
+    Lightning validates every ``val_check_interval`` steps; a run whose ``max_steps`` is not a multiple of
+    it (``--trainer.max_steps 200`` with validation every 250) would end without any. On the last
+    training step this asks the loop to stop (``trainer.should_stop``), which makes Lightning validate at
+    that step, once, as it does for early stopping. A run whose last step validates anyway validates once;
+    one with validation switched off (``limit_val_batches: 0``, no val data) does not.
     """
 
-    def __init__(self) -> None:
-        self._applied: set[str] = set()  # the trainable parameter names this callback last set
-
-    def setup(self, trainer: L.Trainer, pl_module: GPTLitModule, stage: str) -> None:
-        load_init_weights(pl_module, getattr(trainer.datamodule, "tokenizer", None))
-
-    def on_fit_start(self, trainer: L.Trainer, pl_module: GPTLitModule) -> None:
-        policy = pl_module.finetune
-        if policy is None:
-            return
-        if policy.scheduled and trainer.world_size > 1:
-            raise GPT2KitError(
-                f"{policy!r} changes which parameters train during the run, which distributed training "
-                f"(world size {trainer.world_size}) does not follow: train on one device, or use a policy "
-                "whose trainable set is fixed (LastNBlocks, LayerwiseLRDecay, ...)"
-            )
-        self._applied = policy.trainable_at(pl_module.model, trainer.global_step)
-        set_trainable(pl_module.model, self._applied)
-        rank_zero_info(
-            f"fine-tuning with {policy!r} from step {trainer.global_step}:\n"
-            + parameter_table(pl_module.model, policy)
-        )
-
-    def on_train_batch_start(
-        self, trainer: L.Trainer, pl_module: GPTLitModule, batch: Any, batch_idx: int
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        policy = pl_module.finetune
-        if policy is None or not policy.scheduled:
-            return
-        model, step = pl_module.model, trainer.global_step
-        wanted = policy.trainable_at(model, step)
-        if wanted != self._applied:  # what on_fit_start or the last change set: no scan of the model
-            set_trainable(model, wanted)
-            new, self._applied = wanted - self._applied, wanted
-            joined = [part for part, names in model_parts(model) if names and set(names) <= new]
-            rank_zero_info(
-                f"step {step}: {type(policy).__name__} unfreezes {', '.join(joined) or 'parameters'}"
-            )
+        loop = trainer.fit_loop
+        last_step = 0 < trainer.max_steps <= trainer.global_step
+        last_epoch = loop.max_epochs is not None and 0 < loop.max_epochs <= trainer.current_epoch + 1
+        if trainer.enable_validation and (last_step or (last_epoch and loop.epoch_loop.batch_progress.is_last_batch)):
+            trainer.should_stop = True  # the loop ends here anyway; stopping this way validates first
 
 
-def load_init_weights(module: GPTLitModule, tokenizer: Tokenizer | None = None) -> None:
-    """Load ``module.init_from`` into the model (once); adopt its tokenizer if the module has none yet.
+class _StepCounting(ProgressBar):
+    """A step-based run (``max_steps``) counts optimizer steps of max_steps, across epochs."""
 
-    ``tokenizer`` is the one the model is to use (the data's). When it is the checkpoint's tokenizer with
-    special tokens added after its vocabulary (a chat template's), the model's vocabulary is larger
-    than the checkpoint's: the checkpoint's rows are loaded, the new tokens keep their fresh
-    initialisation, and the module adopts the extended tokenizer.
-    """
-    if module.init_from is None or getattr(module, "_init_from_loaded", None) == module.init_from:
-        return
-    policy = module.finetune
-    adapters = policy.added_parameters(module.model) if policy is not None else set()
-    grow = tokenizer is not None and tokenizer.vocab_size == module.model.config.vocab_size
-    saved = load_weights(module.model, module.init_from, adapters, grow_vocab=grow)
-    if grow and saved is not None and tokenizer.vocab_size > saved.vocab_size:
-        if added_special_tokens(tokenizer, saved) is None:
-            raise GPT2KitError(
-                f"the data's tokenizer ({tokenizer!r}) is not the tokenizer of init_from {module.init_from} "
-                f"({saved!r}) with special tokens added: prepare the data with the checkpoint's tokenizer "
-                "(CheckpointTokenizer with the same path)"
-            )
-        saved = tokenizer  # the checkpoint's vocabulary and the new tokens: the model's vocabulary now
-        module._grown_vocab = True
-    if module.tokenizer is None:
-        module.tokenizer = saved
-    module._init_from_loaded = module.init_from
+    @staticmethod
+    def _step_based(trainer: L.Trainer) -> bool:
+        return trainer.max_steps > 0 and trainer.max_epochs in (None, -1)
+
+    @property
+    def total_train_batches(self) -> int | float:
+        if self._step_based(self.trainer):
+            return self.trainer.max_steps
+        return super().total_train_batches
 
 
-def added_special_tokens(new: Tokenizer, old: Tokenizer) -> list[str] | None:
-    """The special tokens ``new`` adds to ``old`` (same ids for all of ``old``'s), or None if it is not
-    ``old`` with special tokens appended."""
-    added = [t for t in new.special_tokens if t not in old.special_tokens]
-    extended = copy.deepcopy(old)
-    try:
-        extended.add_special_tokens(added)
-    except GPT2KitError:
-        return None
-    return added if extended == new else None
+class StepRichProgressBar(_StepCounting, RichProgressBar):
+    """Lightning's Rich progress bar; a step-based run shows ``Steps  N/max_steps`` (not ``Epoch 1/-2``)."""
+
+    def _get_train_description(self, current_epoch: int) -> str:
+        if not self._step_based(self.trainer):
+            return super()._get_train_description(current_epoch)
+        return f"{'Steps':{len(self.validation_description)}}"
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_epoch_start(trainer, pl_module)
+        if self._step_based(trainer) and self.progress is not None and self.train_progress_bar_id is not None:
+            self.progress.update(self.train_progress_bar_id, completed=trainer.global_step)
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if not self._step_based(trainer):
+            return super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        if not self.is_disabled and self.train_progress_bar_id is None:
+            self._initialize_train_progress_bar_id()
+        self._update(self.train_progress_bar_id, trainer.global_step)
+        self._update_metrics(trainer, pl_module)
 
 
-def keep_checkpoint_parameters(module: GPTLitModule, checkpoint: dict[str, Any]) -> None:
-    """Drop from a checkpoint being saved what the policy does not store (LoRA's save_adapters_only)."""
-    keep = module.finetune.checkpoint_parameters(module.model) if module.finetune is not None else None
-    if keep is None:
-        return
-    keep = {f"model.{name}" for name in keep}
-    if getattr(module, "_grown_vocab", False):  # the new tokens' rows exist nowhere else: keep them
-        vocab = module.model.config.vocab_size
-        keep |= {k for k, v in checkpoint["state_dict"].items() if v.ndim and v.shape[0] == vocab}
-    checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
-    checkpoint.setdefault("gpt2kit", {})["adapters_only"] = True
+class StepTQDMProgressBar(_StepCounting, TQDMProgressBar):
+    """Lightning's tqdm progress bar; a step-based run shows optimizer steps of max_steps."""
+
+    def on_train_epoch_start(self, trainer: L.Trainer, *args: Any) -> None:
+        super().on_train_epoch_start(trainer, *args)
+        if self._step_based(trainer):
+            self.train_progress_bar.set_description("Steps")
+            self.train_progress_bar.n = trainer.global_step
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if not self._step_based(trainer):
+            return super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        bar, n = self.train_progress_bar, trainer.global_step
+        if bar is not None and self._should_update(n, bar.total):
+            bar.n = n
+            bar.refresh()
+            bar.set_postfix(self.get_metrics(trainer, pl_module))
 
 
-def complete_checkpoint(module: GPTLitModule, checkpoint: dict[str, Any]) -> None:
-    """Before a checkpoint's state is loaded into the module: fill in what an adapters-only one lacks.
+def step_progress_bar() -> ProgressBar:
+    """The progress bar Lightning would choose (Rich if installed, else tqdm), counting steps."""
+    from lightning.pytorch.callbacks.progress.rich_progress import _RICH_AVAILABLE
 
-    The base weights come from ``init_from``. Either way the module's weights are then the
-    checkpoint's, so a later ``setup`` does not load ``init_from`` over them.
-    """
-    if not checkpoint.get("gpt2kit", {}).get("adapters_only"):
-        module._init_from_loaded = module.init_from
-        return
-    if module.init_from is None:
-        raise GPT2KitError(
-            "this checkpoint holds LoRA adapters only and names no base (model.init_from): "
-            "set model.init_from to the checkpoint the adapters were trained on"
-        )
-    saved = checkpoint.get("gpt2kit", {}).get("tokenizer")
-    load_init_weights(module, Tokenizer.from_dict(saved) if saved is not None else None)
-    for key, value in module.state_dict().items():
-        checkpoint["state_dict"].setdefault(key, value)
+    return StepRichProgressBar() if _RICH_AVAILABLE else StepTQDMProgressBar()
 
 
 class JSONLWriter(BasePredictionWriter):

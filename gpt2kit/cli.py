@@ -16,130 +16,23 @@ before the command line is parsed, so their components can be named in a recipe.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import re
 import sys
-from collections.abc import Callable, Iterator, Sequence
-from typing import Any, Literal, NoReturn
-
-from jsonargparse import ArgumentParser
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
-from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Literal, NoReturn
 
 from gpt2kit.ablate import ablate_command
 from gpt2kit.chat.repl import chat_command  # and gpt2kit.chat: ChatDataModule by its short name
-from gpt2kit.errors import GPT2KitError
-from gpt2kit.registry import export_plugins, failed_plugins, kinds, list_components, load_plugins, registry
+from gpt2kit.components import list_components, load_builtins
+from gpt2kit.errors import GPT2KitError, user_error
+from gpt2kit.lightning_cli import lightning_main, prepare_command
+from gpt2kit.parsing import CommandParser, program_args
+from gpt2kit.registry import export_plugins, failed_plugins, load_plugins
+
+__all__ = ["COMMANDS", "generate_command", "lightning_main", "list_command", "main"]
 
 log = logging.getLogger("gpt2kit")
-
-
-def _readable(message: str) -> str:
-    """Turn jsonargparse's nested report into one line; name registered alternatives for a bad component."""
-    key = re.search(r'Parser key "([\w.]+)"', message)
-    bad = re.search(r"(?:dot import path string|import|class path)[^:]*: '?([\w.]+)'?", message)
-    slot = key.group(1).split(".")[-1] if key else ""
-    if key and bad and slot in kinds():
-        try:
-            entry = registry(slot).entry(bad.group(1))
-        except GPT2KitError as exc:
-            return f"{key.group(1)}: {exc}"
-        if bad.group(1) != entry.cls.__name__:  # a registry name: recipes name the class
-            return (
-                f"{key.group(1)}: '{bad.group(1)}' is the registered name of {entry.cls.__name__}; recipes and "
-                f"options take the class name: {entry.cls.__name__} (or class_path {entry.class_path})"
-            )
-    lines = [line.strip(" -") for line in message.splitlines() if line.strip(" -")]
-    return "; ".join(dict.fromkeys(lines)).replace(":; ", ": ")
-
-
-@contextlib.contextmanager
-def program_args(args: Sequence[str] = ()) -> Iterator[None]:
-    """``sys.argv`` is the program name and ``args`` inside, restored after.
-
-    LightningCLI reads ``sys.argv`` (and warns when it is given ``args`` while sys.argv has some too).
-    """
-    saved = sys.argv
-    sys.argv = [*saved[:1], *args]
-    try:
-        yield
-    finally:
-        sys.argv = saved
-
-
-def _user_error(exc: BaseException | None) -> GPT2KitError | None:
-    """The GPT2KitError behind ``exc``, if any (jsonargparse wraps errors raised while instantiating)."""
-    while exc is not None and not isinstance(exc, GPT2KitError):
-        exc = exc.__cause__ or exc.__context__
-    return exc
-
-
-class GPT2KitArgumentParser(LightningArgumentParser):
-    """LightningCLI's parser with errors on one line (plus a pointer to --help)."""
-
-    def error(self, message: str, ex: Exception | None = None) -> NoReturn:
-        if not self.exit_on_error:
-            super().error(message, ex)
-        cause = _user_error(ex)
-        text = str(cause) if cause is not None else _readable(message)
-        sys.stderr.write(
-            f"error: {text}\n(run `python -m gpt2kit {' '.join(sys.argv[1:2])} --help` for the options)\n"
-        )
-        sys.exit(2)
-
-
-class GPT2KitCLI(LightningCLI):
-    """LightningCLI wired for gpt2kit: the data decides vocab_size, the model decides block_size.
-
-    The Trainer's hardware flags are checked first (one-line errors, :mod:`gpt2kit.hardware`), and its
-    checkpoints are written atomically (:class:`gpt2kit.resume.AtomicCheckpointIO`) unless the recipe
-    brings its own CheckpointIO.
-    """
-
-    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.link_arguments("model.arch.block_size", "data.init_args.block_size")
-        # Only data that has a tokenizer decides vocab_size: prompts for `predict` keep the checkpoint's.
-        parser.link_arguments("data.vocab_size", "model.arch.vocab_size", apply_on="instantiate")
-
-    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Any]) -> Any:
-        from lightning.pytorch.plugins.io import CheckpointIO
-
-        from gpt2kit.hardware import check_trainer_flags
-        from gpt2kit.resume import AtomicCheckpointIO
-
-        check_trainer_flags(
-            *(config.get(k, "auto") for k in ("accelerator", "devices", "strategy")), config.get("precision")
-        )
-        plugins = config.get("plugins") or []
-        plugins = list(plugins) if isinstance(plugins, list | tuple) else [plugins]
-        if not any(isinstance(p, CheckpointIO) for p in plugins):
-            config["plugins"] = [*plugins, AtomicCheckpointIO()]
-        try:
-            return super()._instantiate_trainer(config, callbacks)
-        except GPT2KitError:
-            raise
-        except (MisconfigurationException, ValueError) as exc:  # Lightning's own checks, on one line
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise GPT2KitError(f"trainer settings: {first}") from None
-
-
-def lightning_main(args: Sequence[str] | None = None, run: bool = True) -> GPT2KitCLI:
-    import lightning as L
-
-    import gpt2kit.callbacks  # noqa: F401  short class names in recipes (JSONLWriter)
-    import gpt2kit.data  # noqa: F401  short class names in recipes (TextDataModule, PromptDataModule)
-    from gpt2kit.lit import GPTLitModule
-
-    return GPT2KitCLI(
-        GPTLitModule,
-        L.LightningDataModule,
-        subclass_mode_data=True,
-        args=args,
-        run=run,
-        auto_configure_optimizers=False,
-        parser_class=GPT2KitArgumentParser,
-    )
 
 
 # --- gpt2kit's own subcommands ----------------------------------------------------------------------------
@@ -208,6 +101,7 @@ def generate_command(
             quarters them and is faster still, at a small cost in accuracy.
     """
     from gpt2kit.data import read_prompts
+    from gpt2kit.decoding import load_for_decoding
     from gpt2kit.generate import SamplingConfig, encode_prompt, stream_text
 
     cfg = SamplingConfig(
@@ -248,33 +142,6 @@ def generate_command(
             sys.stdout.write("\n")
 
 
-def load_for_decoding(ckpt: str, device: str, dtype: str):
-    """A checkpoint's module, and its model on ``device`` with weights in ``dtype`` (or int8) to decode with."""
-    import torch
-
-    from gpt2kit.checkpoint import load_module
-    from gpt2kit.quantize import quantize_int8
-
-    module = load_module(ckpt, map_location=_device(device))
-    if dtype == "int8":
-        return module, quantize_int8(module.model)
-    return module, module.to(getattr(torch, dtype)).model
-
-
-def _device(name: str) -> str:
-    import torch
-
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise GPT2KitError(f"device={name!r} is not a torch device: use cpu, cuda, cuda:N or mps") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise GPT2KitError(f"device={name!r} but CUDA is not available here: use --device cpu")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise GPT2KitError(f"device={name!r} but MPS is not available here: use --device cpu")
-    return name
-
-
 def import_hf_command(hf_dir: str, out: str, tokenizer: str | None = None) -> None:
     """Turn a Hugging Face GPT-2 folder (config.json + model.safetensors) into a gpt2kit checkpoint.
 
@@ -297,44 +164,13 @@ def export_hf_command(ckpt: str, out_dir: str) -> None:
     """
     from gpt2kit.interop.hf import export_hf
 
+    if Path(out_dir).exists() and not Path(out_dir).is_dir():
+        raise GPT2KitError(f"out_dir {out_dir} is a file, not a folder: give a new or existing folder to write")
     print(f"wrote {export_hf(ckpt, out_dir)}")
 
 
-def prepare_command(args: Sequence[str]) -> None:
-    """Prepare a recipe's data (tokenizer training, token shards) without training, with a progress bar.
-
-    Only the recipe's ``data:`` section is read; its other sections are accepted and ignored, and
-    ``--data.*`` overrides work as for ``fit``.
-    """
-    import argparse
-
-    from jsonargparse import ActionConfigFile
-    from lightning import LightningDataModule
-
-    from gpt2kit.data import TextDataModule
-
-    parser = GPT2KitArgumentParser(prog="python -m gpt2kit prepare", description=prepare_command.__doc__)
-    parser.add_argument("-c", "--config", action=ActionConfigFile, help="a recipe; its data: section is used")
-    parser.add_lightning_class_args(LightningDataModule, "data", subclass_mode=True, required=True)
-    for section in ("seed_everything", "trainer", "model", "ckpt_path", "optimizer", "lr_scheduler"):
-        parser.add_argument(f"--{section}", type=Any, default=None, help=argparse.SUPPRESS)
-    cfg = parser.parse_args(list(args))
-    instantiate = getattr(parser, "instantiate", None) or parser.instantiate_classes
-    data = instantiate(cfg).data
-    if not isinstance(data, TextDataModule):
-        data.prepare_data()
-        return
-    prepared = data.prepared(progress=True)
-    meta = prepared.meta
-    print(
-        f"{prepared.path}: {meta['train_tokens']:,} train + {meta['val_tokens']:,} val tokens "
-        f"({meta['tokenizer']}, vocab {meta['vocab_size']:,}, "
-        f"{meta['val_bytes'] / meta['val_tokens']:.2f} bytes per token, split: {meta['split']})"
-    )
-
-
 def _run_function(fn: Callable[..., None], args: Sequence[str], prog: str) -> None:
-    parser = ArgumentParser(prog=f"python -m gpt2kit {prog}", description=(fn.__doc__ or "").split("\n")[0])
+    parser = CommandParser(prog=f"python -m gpt2kit {prog}", description=(fn.__doc__ or "").split("\n")[0])
     parser.add_function_arguments(fn, as_group=False, as_positional=fn in POSITIONAL)
     cfg = parser.parse_args(list(args))
     fn(**{k: v for k, v in cfg.as_dict().items() if not k.startswith("__")})
@@ -365,25 +201,55 @@ def _pop_plugins(argv: list[str]) -> list[str]:
     return [m for m in modules if m]
 
 
+def _list(args: Sequence[str]) -> None:
+    if any(a in ("-h", "--help") for a in args):
+        sys.stdout.write(f"usage: python -m gpt2kit list [KIND] [PATTERN]\n\n{list_command.__doc__}\n")
+        return
+    flags = [a for a in args if a.startswith("-")]
+    if flags or len(args) > 2:
+        what = f"no option {flags[0]}" if flags else f"at most two arguments, not {len(args)}"
+        raise GPT2KitError(f"list takes {what}: python -m gpt2kit list [KIND] [PATTERN], e.g. list attention '*window*'")
+    list_command(*args)
+
+
+def _dispatch(argv: list[str]) -> None:
+    explicit = _pop_plugins(argv)
+    load_builtins()  # before the plugins, so that a plugin reusing a built-in name is told so
+    load_plugins(explicit)
+    export_plugins(explicit)  # DDP ranks and ablation runs load them too
+    if argv and argv[0] in COMMANDS:
+        if argv[0] == "list":
+            _list(argv[1:])
+        elif argv[0] in ("prepare", "ablate"):  # parse their own arguments
+            COMMANDS[argv[0]](argv[1:])
+        else:
+            _run_function(COMMANDS[argv[0]], argv[1:], argv[0])
+    else:
+        with program_args(argv):
+            lightning_main()
+
+
+def fail(exc: GPT2KitError) -> NoReturn:
+    """End the program on a user error: ``error: ...`` (and a hint line, if the message has one), exit 2."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()] or [type(exc).__name__]
+    hint = f"\n{' '.join(lines[1:])}" if len(lines) > 1 else ""
+    sys.stderr.write(f"error: {lines[0]}{hint}\n")
+    sys.exit(2)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m gpt2kit``: the one place where a user error becomes ``error: ...`` and exit code 2.
+
+    Everything below raises :class:`~gpt2kit.errors.GPT2KitError` (or an exception caused by one); here it
+    is said in one line (two with a hint), without a traceback. Anything else is a bug, and keeps its
+    traceback.
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        explicit = _pop_plugins(argv)
-        load_plugins(explicit)
-        export_plugins(explicit)  # DDP ranks and ablation runs load them too
-        if argv and argv[0] in COMMANDS:
-            if argv[0] == "list":
-                list_command(*argv[1:3])
-            elif argv[0] in ("prepare", "ablate"):  # parse their own arguments
-                COMMANDS[argv[0]](argv[1:])
-            else:
-                _run_function(COMMANDS[argv[0]], argv[1:], argv[0])
-        else:
-            with program_args(argv):
-                lightning_main()
+        _dispatch(argv)
     except Exception as exc:
-        if (cause := _user_error(exc)) is None:
+        cause = user_error(exc)
+        if cause is None:
             raise
-        sys.stderr.write(f"error: {cause}\n")
-        sys.exit(1)
+        fail(cause)

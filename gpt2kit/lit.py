@@ -23,11 +23,13 @@ from torch import Tensor
 from torchmetrics import MeanMetric
 
 from gpt2kit import perf, resume
-from gpt2kit.callbacks import FineTuning, complete_checkpoint, keep_checkpoint_parameters
+from gpt2kit.callbacks import FinalValidation
+from gpt2kit.ckptfile import adapters_only, stored_tokenizer
 from gpt2kit.config import GPTConfig
 from gpt2kit.data.datamodule import IGNORE_INDEX
 from gpt2kit.errors import GPT2KitError
-from gpt2kit.finetune import FreezePolicy
+from gpt2kit.finetune import FreezePolicy, FullFineTune, kept_state, load_pretrained
+from gpt2kit.finetune.callback import FineTuning
 from gpt2kit.model import GPT, AttentionFactory, HeadFactory, MLPFactory, NormFactory, PositionFactory
 from gpt2kit.nn import CausalSelfAttention, GeluMLP, LayerNorm, LearnedPosition, TiedLMHead
 from gpt2kit.tokenizers import Tokenizer
@@ -117,7 +119,7 @@ class GPTLitModule(L.LightningModule):
             head: the output head.
             optim: optimizer and learning-rate schedule.
             finetune: which parameters train, and at what share of the LR (LastNBlocks, LoRA, ...;
-                see gpt2kit.finetune); None: all, at the full LR.
+                see gpt2kit.finetune); None: FullFineTune (all, at the full LR).
             init_from: a gpt2kit checkpoint whose weights (not optimizer state) the run starts from;
                 unlike --ckpt_path, which resumes a run, training starts at step 0.
             compile: torch.compile the model when training starts (the whole model; each block under FSDP).
@@ -134,10 +136,11 @@ class GPTLitModule(L.LightningModule):
             self.hparams["_instantiator"] = "lightning.pytorch.cli.instantiate_module"
         self.optim = optim
         self.model = GPT(arch, attention, position, norm, mlp, head)
-        self.finetune = finetune
+        self.finetune: FreezePolicy = finetune if finetune is not None else FullFineTune()
+        self.finetune.setup(self.model)  # adds adapters (LoRA) and freezes; init_from loads at setup()
         self.init_from = init_from
-        if finetune is not None:
-            finetune.setup(self.model)  # adds adapters (LoRA) and freezes; init_from loads at setup()
+        self._init_from_loaded: str | None = None  # the init_from whose weights the model holds
+        self._grown_vocab = False  # the vocabulary is init_from's plus special tokens (a chat template's)
         self.tokenizer: Tokenizer | None = None
         self.chat_template: dict[str, Any] | None = None  # a chat model's template (data's), for `chat`
         self.val_bytes_per_token: float | None = None  # from the data, for bits per byte
@@ -283,17 +286,7 @@ class GPTLitModule(L.LightningModule):
     # -- optimizer --------------------------------------------------------------------------------------
     def param_groups(self) -> list[dict[str, Any]]:
         """AdamW groups: weight decay on matrices; none on biases, norms and embeddings."""
-        if self.finetune is not None:  # only what the policy trains, each group at its own LR
-            return self.finetune.param_groups(self.model, self.optim.lr, self.optim.weight_decay)
-        decayed = self.model.decayed_parameter_names()
-        decay, no_decay = [], []
-        for name, p in self.model.named_parameters():
-            if p.requires_grad:
-                (decay if name in decayed else no_decay).append(p)
-        return [
-            {"params": decay, "weight_decay": self.optim.weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        ]
+        return self.finetune.param_groups(self.model, self.optim.lr, self.optim.weight_decay)
 
     def configure_optimizers(self) -> dict[str, Any]:
         o = self.optim
@@ -343,6 +336,9 @@ class GPTLitModule(L.LightningModule):
     # -- tokenizer travels with the checkpoint ----------------------------------------------------------
     def setup(self, stage: str) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
+        # Before any stage: the init_from weights, once. A resumed run (--ckpt_path) then overwrites them
+        # with its own state, as Lightning restores after setup.
+        self.load_init_from(getattr(datamodule, "tokenizer", None))
         self.val_bytes_per_token = getattr(datamodule, "val_bytes_per_token", None)
         template = getattr(datamodule, "chat_template", None)
         if template is not None:
@@ -378,13 +374,16 @@ class GPTLitModule(L.LightningModule):
         checkpoint["gpt2kit"] = {"version": __version__, "tokenizer": tokenizer, "rng": resume.rng_state()}
         if self.chat_template is not None:
             checkpoint["gpt2kit"]["chat_template"] = self.chat_template
-        keep_checkpoint_parameters(self, checkpoint)  # LoRA's save_adapters_only
+        kept = kept_state(self.finetune, self.model, checkpoint["state_dict"], self._grown_vocab)
+        if kept is not None:  # LoRA's save_adapters_only
+            checkpoint["state_dict"] = kept
+            checkpoint["gpt2kit"]["adapters_only"] = True
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         source = f"checkpoint {self._trainer.ckpt_path}" if self._trainer is not None else "the checkpoint"
-        complete_checkpoint(self, checkpoint)  # an adapters-only one gets its base weights from init_from
+        self._complete(checkpoint)  # an adapters-only one gets its base weights from init_from
         # The tokenizer first: another one is the likely cause of any size mismatch below.
-        saved = checkpoint.get("gpt2kit", {}).get("tokenizer")
+        saved = stored_tokenizer(checkpoint)
         if saved is not None:
             saved_tok = Tokenizer.from_dict(saved)
             if self.tokenizer is not None and saved_tok != self.tokenizer:
@@ -413,8 +412,48 @@ class GPTLitModule(L.LightningModule):
             self._rng_to_restore = checkpoint.get("gpt2kit", {}).get("rng")
 
     def configure_callbacks(self) -> list[L.Callback]:
-        """Fine-tuning's part of a run (init_from, freeze schedule, parameter table), when it is on."""
-        return [FineTuning()] if self.finetune is not None or self.init_from is not None else []
+        """A validation pass at the end of every fit; fine-tuning's part of a run (freeze schedule,
+        parameter table), when it is one."""
+        fine_tuning = self.init_from is not None or not isinstance(self.finetune, FullFineTune)
+        return [FinalValidation(), *([FineTuning()] if fine_tuning else [])]
+
+    # -- starting from a checkpoint (init_from) ---------------------------------------------------------------
+    def load_init_from(self, tokenizer: Tokenizer | None = None) -> None:
+        """Load ``init_from`` into the model (once); adopt its tokenizer if the module has none yet.
+
+        ``tokenizer`` is the one the model is to use (the data's). When it is the checkpoint's tokenizer
+        with special tokens added after its vocabulary (a chat template's), the model's vocabulary is
+        larger than the checkpoint's: the checkpoint's rows are loaded, the new tokens keep their fresh
+        initialisation, and the module adopts the extended tokenizer (see
+        :func:`gpt2kit.finetune.load_pretrained`).
+        """
+        if self.init_from is None or self._init_from_loaded == self.init_from:
+            return
+        adapters = self.finetune.added_parameters(self.model)
+        saved, grown = load_pretrained(self.model, self.init_from, adapters, tokenizer)
+        self._grown_vocab = self._grown_vocab or grown
+        if self.tokenizer is None:
+            self.tokenizer = saved
+        self._init_from_loaded = self.init_from
+
+    def _complete(self, checkpoint: dict[str, Any]) -> None:
+        """Before a checkpoint's state is loaded into the module: fill in what an adapters-only one lacks.
+
+        The base weights come from ``init_from``. Either way the module's weights are then the
+        checkpoint's, so a later ``setup`` does not load ``init_from`` over them.
+        """
+        if not adapters_only(checkpoint):
+            self._init_from_loaded = self.init_from
+            return
+        if self.init_from is None:
+            raise GPT2KitError(
+                "this checkpoint holds LoRA adapters only and names no base (model.init_from): "
+                "set model.init_from to the checkpoint the adapters were trained on"
+            )
+        saved = stored_tokenizer(checkpoint)
+        self.load_init_from(Tokenizer.from_dict(saved) if saved is not None else None)
+        for key, value in self.state_dict().items():
+            checkpoint["state_dict"].setdefault(key, value)
 
 
 def _check_same_tokenizer(model_tok: Tokenizer | None, data_tok: Tokenizer | None) -> None:

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from gpt2kit.errors import GPT2KitError
-from gpt2kit.finetune import LoRALinear
+from gpt2kit.finetune.lora import LoRALinear
 from gpt2kit.model import GPT
 from gpt2kit.nn.heads import TiedLMHead
 

@@ -9,9 +9,11 @@ A component is a class that subclasses its kind's base class (``Attention``, ``P
     @register("attention", "my_attention")
     class MyAttention(Attention): ...
 
-In YAML the class is picked by its class name (``class_path: MyAttention``) or full import path; the
-registry's own jobs are listing (``python -m gpt2kit list attention '*window*'``), the Python API
-(``build("attention", "sliding_window", config, window=256)``), readable errors and plugin loading.
+In YAML the class is picked by its class name (``class_path: MyAttention``) or full import path. The
+registry is a passive table that the components' modules fill as they are imported; it imports none of
+them (:func:`gpt2kit.components.load_builtins` does, for whoever needs them all). Its jobs are listing
+(``python -m gpt2kit list attention '*window*'``), the Python API (``build("attention",
+"sliding_window", config, window=256)``), readable errors and plugin loading.
 """
 
 from __future__ import annotations
@@ -180,7 +182,6 @@ def add_kind(kind: str, base: type) -> Registry:
 
 
 def registry(kind: str) -> Registry:
-    _load_builtins()
     if kind not in _REGISTRIES:
         close = difflib.get_close_matches(kind, list(_REGISTRIES), n=3)
         hint = f"did you mean {', '.join(close)}? " if close else ""
@@ -192,7 +193,6 @@ _KIND_ORDER = ["tokenizer", "attention", "position", "norm", "mlp", "head"]
 
 
 def kinds() -> list[str]:
-    _load_builtins()
     order = {k: i for i, k in enumerate(_KIND_ORDER)}
     return sorted(_REGISTRIES, key=lambda k: order.get(k, len(order)))
 
@@ -219,17 +219,6 @@ def build(kind: str, name: str, *args: Any, **kwargs: Any) -> Any:
 def list_components(kind: str | None = None, pattern: str = "*") -> dict[str, list[Entry]]:
     kinds_ = [kind] if kind else kinds()
     return {k: registry(k).entries(pattern) for k in kinds_}
-
-
-_builtins_loaded = False
-
-
-def _load_builtins() -> None:
-    # The built-in components register themselves on import; importing gpt2kit.components does it.
-    global _builtins_loaded
-    if not _builtins_loaded:
-        _builtins_loaded = True
-        importlib.import_module("gpt2kit.components")
 
 
 # --- plugins ----------------------------------------------------------------------------------------
@@ -275,11 +264,11 @@ def load_plugins(modules: Iterable[str] = (), *, entry_points: bool = True) -> d
     fails to import is skipped with a warning naming it and its distribution (see
     :data:`failed_plugins`) -- then (2) the modules named in ``modules`` and in the comma-separated
     ``GPT2KIT_PLUGINS`` environment variable, which were asked for, so that a failure is an error.
-    A name registered twice (by two plugins, or a plugin and a built-in) is an error naming both.
+    A name registered twice (by two plugins, or a plugin and a built-in) is an error naming both (load
+    the built-ins first to catch the latter: :func:`gpt2kit.components.load_builtins`).
     An entry point's value is a module (``pkg.components``), or a function called after import
     (``pkg:register``). Returns ``{module: source}`` of every plugin loaded so far.
     """
-    _load_builtins()
     if entry_points:
         for ep in metadata.entry_points(group=PLUGIN_GROUP):
             if ep.value in _loaded_plugins:

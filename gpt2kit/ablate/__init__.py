@@ -136,9 +136,9 @@ def ablate_command(args: Sequence[str]) -> None:
     Finished runs are skipped and unfinished ones resumed, so the same command continues an interrupted
     study.
     """
-    from jsonargparse import ArgumentParser
+    from gpt2kit.parsing import CommandParser
 
-    parser = ArgumentParser(prog="python -m gpt2kit ablate", description=ablate_command.__doc__)
+    parser = CommandParser(prog="python -m gpt2kit ablate", description=ablate_command.__doc__)
     parser.add_argument("--config", required=True, help="the study file (see recipes/ablations/)")
     parser.add_argument(
         "--parallel",

@@ -24,7 +24,7 @@ from typing import Any
 import yaml
 
 from gpt2kit.ablate.study import Run, fit_args
-from gpt2kit.errors import GPT2KitError
+from gpt2kit.errors import GPT2KitError, user_error
 
 log = logging.getLogger("gpt2kit.ablate")
 
@@ -138,7 +138,8 @@ def _finish(run: Run, start: float, status: str, error: str | None = None) -> No
 
 def _sequential(todo: Sequence[Run]) -> bool:
     """In this process: no interpreter start per run, and a traceback in the run's error.log on failure."""
-    from gpt2kit.cli import _user_error, lightning_main, program_args
+    from gpt2kit.lightning_cli import lightning_main
+    from gpt2kit.parsing import program_args
 
     for run in todo:
         interrupted = []
@@ -162,8 +163,8 @@ def _sequential(todo: Sequence[Run]) -> bool:
                 return False
             _finish(run, start, FAILED, f"exited with status {exc.code} (see the messages above)")
         except Exception as exc:
-            if _user_error(exc) is not None:  # a mistake in the config, said in one line
-                _finish(run, start, FAILED, str(_user_error(exc)))
+            if user_error(exc) is not None:  # a mistake in the config, said in one line
+                _finish(run, start, FAILED, str(user_error(exc)))
             else:  # a bug, perhaps in a plugin: keep the traceback
                 (run.dir / "error.log").write_text(traceback.format_exc())
                 _finish(run, start, FAILED, f"{_one_line(exc)} (traceback in {run.dir / 'error.log'})")
@@ -182,9 +183,7 @@ def _main_thread() -> bool:
 
 
 def _one_line(exc: BaseException) -> str:
-    from gpt2kit.cli import _user_error
-
-    cause = _user_error(exc)
+    cause = user_error(exc)
     if cause is not None:
         return str(cause)
     text = str(exc).strip().splitlines()

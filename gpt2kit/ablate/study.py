@@ -32,7 +32,7 @@ from typing import Any
 
 import yaml
 
-from gpt2kit.errors import GPT2KitError
+from gpt2kit.errors import GPT2KitError, user_error
 
 KEYS = ("name", "base", "out_dir", "seeds", "overrides", "variants", "grid", "baseline", "plugins", "metric")
 SEED_KEYS = ("seed_everything", "data.init_args.seed")
@@ -250,44 +250,11 @@ def _dir_name(name: str) -> str:
 # --- resolving configs through the fit parser -----------------------------------------------------------------
 
 
-class _Parsed(Exception):
-    """Stops a LightningCLI once its parser is built (nothing parsed, nothing instantiated)."""
-
-
-_PARSER: Any = None
-
-
 def _fit_parser() -> Any:
     """The CLI's parser (``fit`` and the other subcommands), built once, that raises instead of exiting."""
-    global _PARSER
-    if _PARSER is not None:
-        return _PARSER
-    import lightning as L
+    from gpt2kit.lightning_cli import recipe_parser
 
-    import gpt2kit.callbacks  # noqa: F401  short class names in recipes, as in lightning_main
-    import gpt2kit.data  # noqa: F401
-    from gpt2kit.cli import GPT2KitCLI, program_args
-    from gpt2kit.lit import GPTLitModule
-
-    class ParserOnly(GPT2KitCLI):
-        def parse_arguments(self, parser: Any, args: Any) -> None:
-            raise _Parsed(parser)  # built, with every subcommand: stop before parsing or instantiating
-
-    try:
-        with program_args():
-            ParserOnly(
-                GPTLitModule,
-                L.LightningDataModule,
-                subclass_mode_data=True,
-                args=[],
-                run=True,
-                auto_configure_optimizers=False,
-                parser_kwargs={"exit_on_error": False, "fit": {"exit_on_error": False}},
-            )
-    except _Parsed as parsed:
-        _PARSER = parsed.args[0]
-    assert _PARSER is not None
-    return _PARSER
+    return recipe_parser()
 
 
 class Resolver:
@@ -324,7 +291,7 @@ class Resolver:
         return self._dump(namespace)
 
     def _parse(self, args: list[str]) -> Any:
-        from gpt2kit.cli import program_args
+        from gpt2kit.parsing import program_args
 
         with program_args():
             return self.parser.parse_args(args)
@@ -354,10 +321,10 @@ class Resolver:
 
 
 def _one_line(exc: BaseException) -> str:
-    from gpt2kit.cli import _readable, _user_error
+    from gpt2kit.parsing import readable
 
-    cause = _user_error(exc)
-    return str(cause) if cause is not None else _readable(str(exc))
+    cause = user_error(exc)
+    return str(cause) if cause is not None else readable(str(exc))
 
 
 def _flat_keys(config: Any, prefix: str = "") -> Iterator[str]:

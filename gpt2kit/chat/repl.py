@@ -66,7 +66,7 @@ def chat_command(
     """
     from gpt2kit.chat.session import ChatSession
     from gpt2kit.chat.template import ChatTemplate
-    from gpt2kit.cli import load_for_decoding
+    from gpt2kit.decoding import load_for_decoding
     from gpt2kit.generate import SamplingConfig
 
     sampling = SamplingConfig(

@@ -6,6 +6,7 @@ import logging
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from gpt2kit.ckptfile import read_checkpoint, stored_tokenizer
 from gpt2kit.errors import GPT2KitError
 from gpt2kit.tokenizers.base import TOKENIZER, Tokenizer
 
@@ -34,9 +35,7 @@ class CheckpointTokenizer(Tokenizer):
                 character vocabulary meets new text this way: Shakespeare's 65 characters have no
                 curly quotes, dashes or digits, which a novel has. A byte-level BPE encodes everything.
         """
-        from gpt2kit.checkpoint import read_checkpoint  # imports Lightning: only when used
-
-        saved = read_checkpoint(path).get("gpt2kit", {}).get("tokenizer")
+        saved = stored_tokenizer(read_checkpoint(path))
         if saved is None:
             raise GPT2KitError(f"checkpoint {path} carries no tokenizer: it was not saved by a gpt2kit run")
         self.inner = Tokenizer.from_dict(saved)

@@ -1,39 +1,16 @@
-"""Fine-tuning: which parameters of a pretrained GPT train, and at what share of the learning rate.
-
-A :class:`FreezePolicy` is the ``model.finetune`` setting of a recipe; ``model.init_from`` names the
-checkpoint whose weights the run starts from (see :func:`load_weights`)::
-
-    model:
-      init_from: runs/shakespeare-char/checkpoints/last.ckpt
-      finetune:
-        class_path: LastNBlocks
-        init_args: {n: 2}
-
-The built-in policies:
-
-* :class:`LastNBlocks` — the last n blocks, the final norm and the head train; the rest is frozen;
-* :class:`HeadOnly` — only the output head;
-* :class:`PatternFreeze` — the parameters whose names match regular expressions;
-* :class:`LayerwiseLRDecay` — everything trains, each block down from the top at ``lr × decay^depth``;
-* :class:`GradualUnfreeze` — one more block joins every K optimizer steps (ULMFiT);
-* :class:`LoRA` — low-rank adapters on chosen linear layers; the base weights stay frozen.
+"""Freeze policies: which parameters of a GPT train (at each step), and at what share of the LR.
 
 The model is seen in *parts*, from the bottom: the embeddings (token and position), block 0 …
 block n-1, and the top (final norm + head). GPT-2's head is tied to the token embedding: it owns no
 weight, so freezing the embeddings freezes the head's output projection too (see ``LastNBlocks``).
-
-This module needs only torch; :mod:`gpt2kit.callbacks` applies a policy during a Lightning run.
 """
 
 from __future__ import annotations
 
 import inspect
-import math
 import re
 from typing import TYPE_CHECKING, Any
 
-import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gpt2kit.errors import GPT2KitError
@@ -41,7 +18,6 @@ from gpt2kit.registry import add_kind
 
 if TYPE_CHECKING:
     from gpt2kit.model import GPT
-    from gpt2kit.tokenizers import Tokenizer
 
 # --- the model in parts -------------------------------------------------------------------------------
 
@@ -287,197 +263,27 @@ class GradualUnfreeze(FreezePolicy):
         return {name for _, names in live for name in names}
 
 
-# --- LoRA -----------------------------------------------------------------------------------------------
+@FREEZE.register("full")
+class FullFineTune(FreezePolicy):
+    """Everything trains at the full learning rate, with pretraining's parameter groups (the default)."""
 
-
-class LoRALinear(nn.Linear):
-    """A linear layer plus a low-rank update: ``y = x Wᵀ + b + (alpha / rank) · dropout(x) Aᵀ Bᵀ``.
-
-    It keeps the wrapped layer's ``weight`` and ``bias`` (same tensors, same names), so a base
-    checkpoint loads into it unchanged; ``lora_A`` (rank, in) and ``lora_B`` (out, rank) are new. B
-    starts at zero, so until it trains the layer computes exactly what the base layer does.
-    """
-
-    def __init__(self, base: nn.Linear, rank: int, alpha: float, dropout: float) -> None:
-        nn.Module.__init__(self)  # not nn.Linear.__init__: reuse the base weights, allocate nothing
-        self.in_features, self.out_features = base.in_features, base.out_features
-        self.weight = base.weight
-        self.register_parameter("bias", base.bias)
-        if getattr(base, "residual_projection", False):
-            self.residual_projection = True
-        self.rank = rank
-        self.scaling = alpha / rank
-        kw = {"device": base.weight.device, "dtype": base.weight.dtype}
-        self.lora_A = nn.Parameter(torch.empty(rank, self.in_features, **kw))
-        self.lora_B = nn.Parameter(torch.zeros(self.out_features, rank, **kw))
-        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # as nn.Linear's own init
-        self.lora_dropout = nn.Dropout(dropout)
-
-    def forward(self, x: Tensor) -> Tensor:
-        update = F.linear(F.linear(self.lora_dropout(x), self.lora_A), self.lora_B)  # (..., out)
-        return F.linear(x, self.weight, self.bias) + self.scaling * update
-
-    def merged(self) -> nn.Linear:
-        """A plain nn.Linear with the update folded in: ``W + (alpha / rank) · B A``."""
-        linear = nn.Linear(
-            self.in_features,
-            self.out_features,
-            bias=self.bias is not None,
-            device=self.weight.device,
-            dtype=self.weight.dtype,
-        )
-        with torch.no_grad():
-            linear.weight.copy_(self.weight + self.scaling * (self.lora_B @ self.lora_A))
-            if self.bias is not None:
-                linear.bias.copy_(self.bias)
-        if getattr(self, "residual_projection", False):
-            linear.residual_projection = True
-        return linear
-
-    def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, rank={self.rank}, scaling={self.scaling:g}"
-
-
-@FREEZE.register("lora")
-class LoRA(FreezePolicy):
-    """Low-rank adapters on the linear layers whose names match ``targets``; only the adapters train."""
-
-    def __init__(
-        self,
-        rank: int = 8,
-        alpha: float = 16.0,
-        dropout: float = 0.0,
-        targets: list[str] | None = None,
-        save_adapters_only: bool = False,
-    ) -> None:
-        """
-        Args:
-            rank: rank r of each update B A.
-            alpha: the update is scaled by alpha / rank.
-            dropout: dropout on the adapter's input.
-            targets: regular expressions searched in linear layers' names, such as
-                ``blocks.0.attn.c_attn`` or ``blocks.3.mlp.c_fc``; each must match one at least.
-                Default: the attention's q/k/v projection, ``["attn.c_attn"]``.
-            save_adapters_only: checkpoints store the adapters alone (kilobytes); loading one rebuilds
-                the model from ``model.init_from`` and adds them.
-        """
-        if rank < 1:
-            raise GPT2KitError(f"LoRA rank={rank} must be >= 1")
-        if not 0.0 <= dropout < 1.0:
-            raise GPT2KitError(f"LoRA dropout={dropout} must be in [0, 1)")
-        self.rank = rank
-        self.alpha = alpha
-        self.dropout = dropout
-        self.targets = list(targets) if targets is not None else ["attn.c_attn"]
-        self.save_adapters_only = save_adapters_only
-
-    def setup(self, model: GPT) -> None:
-        linears = [
-            (name, m)
-            for name, m in model.named_modules()
-            if isinstance(m, nn.Linear) and not isinstance(m, LoRALinear)
-        ]
-        chosen: dict[str, nn.Linear] = {}
-        for pattern in self.targets:
-            try:
-                found = {name: m for name, m in linears if re.search(pattern, name)}
-            except re.error as exc:
-                raise GPT2KitError(f"LoRA target {pattern!r} is not a regular expression: {exc}") from None
-            if not found:
-                raise GPT2KitError(
-                    f"LoRA target {pattern!r} matches no linear layer; they are named like "
-                    f"{', '.join(name for name, _ in linears[:4])}, ..."
-                )
-            chosen.update(found)
-        for name, linear in chosen.items():
-            _replace(model, name, LoRALinear(linear, self.rank, self.alpha, self.dropout))
-        super().setup(model)
+    def __init__(self) -> None:
+        """No options."""
 
     def lr_scales(self, model: GPT) -> dict[str, float]:
-        return dict.fromkeys(sorted(self.added_parameters(model)), 1.0)
+        return dict.fromkeys((name for name, _ in model.named_parameters()), 1.0)
 
-    def added_parameters(self, model: GPT) -> set[str]:
-        return {
-            f"{name}.{p}"
-            for name, m in model.named_modules()
-            if isinstance(m, LoRALinear)
-            for p in ("lora_A", "lora_B")
-        }
-
-    def checkpoint_parameters(self, model: GPT) -> set[str] | None:
-        return self.added_parameters(model) if self.save_adapters_only else None
-
-    @staticmethod
-    def merge(model: nn.Module) -> int:
-        """Fold every adapter into its layer's weight, in place (for export); returns how many."""
-        names = [name for name, m in model.named_modules() if isinstance(m, LoRALinear)]
-        for name in names:
-            _replace(model, name, model.get_submodule(name).merged())
-        return len(names)
-
-
-def _replace(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, child, module)
-
-
-# --- starting from a checkpoint ----------------------------------------------------------------------
-
-
-def load_weights(
-    model: GPT, path: str, adapters: set[str] = frozenset(), grow_vocab: bool = False
-) -> Tokenizer | None:
-    """Load a gpt2kit checkpoint's model weights (not its optimizer state) into ``model``.
-
-    Every tensor must match by name and shape, except ``adapters`` (parameters a fine-tuning policy
-    added, which the checkpoint need not hold); anything else is refused in one line that lists the
-    mismatched tensors. Returns the checkpoint's tokenizer, if it carries one.
-
-    ``grow_vocab``: the model's vocabulary may be larger than the checkpoint's (special tokens added
-    after it, e.g. a chat template's). The checkpoint's rows of every vocabulary-sized tensor (the
-    token embedding, a head's own weight) are loaded; the new rows keep the model's initialisation, as
-    after :meth:`GPT.resize_token_embeddings`.
-    """
-    from gpt2kit.checkpoint import load_weights as check_and_load
-    from gpt2kit.checkpoint import read_checkpoint
-    from gpt2kit.tokenizers import Tokenizer
-
-    ckpt = read_checkpoint(path)
-    extra = ckpt.get("gpt2kit", {})
-    if extra.get("adapters_only"):
-        raise GPT2KitError(
-            f"init_from {path} holds LoRA adapters only: start from its base checkpoint instead "
-            "(or from a checkpoint saved without save_adapters_only)"
-        )
-    weights = {
-        k.removeprefix("model."): v for k, v in ckpt.get("state_dict", {}).items() if k.startswith("model.")
-    }
-    if not weights:
-        raise GPT2KitError(
-            f"init_from {path} is not a gpt2kit checkpoint: its state_dict has no model weights"
-        )
-    arch = ckpt.get("hyper_parameters", {}).get("arch", {})
-    sizes = ", ".join(f"{k}={v}" for k, v in arch.items() if k not in ("vocab_size", "dropout")) or "?"
-    fix = f"make model.arch and the components match the checkpoint's ({sizes})"
-    if grow_vocab:
-        weights = _grown(model, weights)
-    check_and_load(model, weights, source=f"init_from {path}", optional=adapters, fix=fix)
-    tokenizer = extra.get("tokenizer")
-    return Tokenizer.from_dict(tokenizer) if tokenizer is not None else None
-
-
-def _grown(model: GPT, weights: dict[str, Tensor]) -> dict[str, Tensor]:
-    """``weights`` with each vocabulary-sized tensor extended to the model's vocabulary by its own rows."""
-    old, new = weights["wte.weight"].shape[0], model.config.vocab_size
-    if old >= new:
-        return weights
-    own = model.state_dict()
-    grown = dict(weights)
-    for name, w in weights.items():
-        mine = own.get(name)
-        if mine is not None and w.shape[0] == old and mine.shape[0] == new and w.shape[1:] == mine.shape[1:]:
-            grown[name] = torch.cat([w.to(mine.dtype), mine[old:]])  # checkpoint rows, then the new ones
-    return grown
+    def param_groups(self, model: GPT, lr: float, weight_decay: float) -> list[dict[str, Any]]:
+        """Weight decay on matrices; none on biases, norms and embeddings; both groups at the optimizer's LR."""
+        decayed = model.decayed_parameter_names()
+        decay, no_decay = [], []
+        for name, p in model.named_parameters():
+            if p.requires_grad:
+                (decay if name in decayed else no_decay).append(p)
+        return [
+            {"params": decay, "weight_decay": weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
 
 
 # --- reporting ----------------------------------------------------------------------------------------

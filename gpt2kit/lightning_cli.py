@@ -1,0 +1,177 @@
+"""The recipe parser: LightningCLI wired for gpt2kit (fit / validate / test / predict, and ``prepare``).
+
+:class:`GPT2KitCLI` turns a recipe into a Trainer, a GPTLitModule and a DataModule -- component specs
+into factories, type-checked by jsonargparse -- and runs the subcommand. :func:`recipe_parser` is its
+parser alone, for callers that resolve recipes without running them (ablation studies).
+:mod:`gpt2kit.cli` dispatches to :func:`lightning_main`; errors are turned into one line there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
+
+from gpt2kit.ckptfile import read_checkpoint
+from gpt2kit.errors import GPT2KitError
+from gpt2kit.parsing import OneLineErrors, program_args
+
+__all__ = ["GPT2KitArgumentParser", "GPT2KitCLI", "lightning_main", "prepare_command", "recipe_parser"]
+
+_SPECIAL_CKPT_PATHS = ("last", "best", "hpc")
+"""Values of ``--ckpt_path`` that Lightning resolves itself."""
+
+
+class GPT2KitArgumentParser(OneLineErrors, LightningArgumentParser):
+    """LightningCLI's parser with errors on one line (plus a pointer to --help), and did-you-mean."""
+
+
+class GPT2KitCLI(LightningCLI):
+    """LightningCLI wired for gpt2kit: the data decides vocab_size, the model decides block_size.
+
+    The Trainer's hardware flags are checked first (one-line errors, :mod:`gpt2kit.hardware`), and its
+    checkpoints are written atomically (:class:`gpt2kit.resume.AtomicCheckpointIO`) unless the recipe
+    brings its own CheckpointIO. A ``--ckpt_path`` file is checked (it exists, and holds only tensors and
+    plain data) before anything is built or written. A step-based run's progress bar counts steps
+    (:func:`gpt2kit.callbacks.step_progress_bar`) unless the recipe brings its own.
+    """
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.link_arguments("model.arch.block_size", "data.init_args.block_size")
+        # Only data that has a tokenizer decides vocab_size: prompts for `predict` keep the checkpoint's.
+        parser.link_arguments("data.vocab_size", "model.arch.vocab_size", apply_on="instantiate")
+
+    def _parse_ckpt_path(self) -> None:
+        subcommand = self.config.get("subcommand")
+        path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if path and str(path) not in _SPECIAL_CKPT_PATHS and ":" not in str(path):
+            read_checkpoint(path, mmap=True)  # missing, unreadable or unsafe: one line, nothing written yet
+        super()._parse_ckpt_path()
+
+    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Any]) -> Any:
+        from lightning.pytorch.callbacks import ProgressBar
+        from lightning.pytorch.plugins.io import CheckpointIO
+
+        from gpt2kit.callbacks import step_progress_bar
+        from gpt2kit.hardware import check_trainer_flags
+        from gpt2kit.resume import AtomicCheckpointIO
+
+        check_trainer_flags(
+            *(config.get(k, "auto") for k in ("accelerator", "devices", "strategy")), config.get("precision")
+        )
+        plugins = config.get("plugins") or []
+        plugins = list(plugins) if isinstance(plugins, list | tuple) else [plugins]
+        if not any(isinstance(p, CheckpointIO) for p in plugins):
+            config["plugins"] = [*plugins, AtomicCheckpointIO()]
+        own = [*(config.get("callbacks") or []), *callbacks]
+        if config.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in own):
+            callbacks = [*callbacks, step_progress_bar()]
+        try:
+            return super()._instantiate_trainer(config, callbacks)
+        except GPT2KitError:
+            raise
+        except (MisconfigurationException, ValueError) as exc:  # Lightning's own checks, on one line
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise GPT2KitError(f"trainer settings: {first}") from None
+
+
+def _import_recipe_classes() -> None:
+    import gpt2kit.callbacks  # noqa: F401  short class names in recipes (JSONLWriter)
+    import gpt2kit.data  # noqa: F401  short class names in recipes (TextDataModule, PromptDataModule)
+
+
+def lightning_main(args: Sequence[str] | None = None, run: bool = True) -> GPT2KitCLI:
+    """Run LightningCLI on ``args`` (default: ``sys.argv``): ``fit --config RECIPE ...`` and the like."""
+    import lightning as L
+
+    from gpt2kit.lit import GPTLitModule
+
+    _import_recipe_classes()
+    return GPT2KitCLI(
+        GPTLitModule,
+        L.LightningDataModule,
+        subclass_mode_data=True,
+        args=args,
+        run=run,
+        auto_configure_optimizers=False,
+        parser_class=GPT2KitArgumentParser,
+    )
+
+
+class _ParserOnly(GPT2KitCLI):
+    """Builds the parser with every subcommand, then stops: nothing is parsed or instantiated."""
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        self.config = {"subcommand": None}
+
+    def _parse_ckpt_path(self) -> None:
+        pass
+
+    def _set_seed(self) -> None:
+        pass
+
+    def instantiate_classes(self) -> None:
+        pass
+
+
+@functools.cache
+def recipe_parser() -> LightningArgumentParser:
+    """The CLI's parser (``fit`` and the other subcommands), built once, that raises instead of exiting.
+
+    ``recipe_parser().parse_args(["fit", "--config", RECIPE, ...])`` resolves a recipe with the same
+    types, defaults and links as ``python -m gpt2kit fit``, without building anything.
+    """
+    import lightning as L
+
+    from gpt2kit.lit import GPTLitModule
+
+    _import_recipe_classes()
+    with program_args():
+        cli = _ParserOnly(
+            GPTLitModule,
+            L.LightningDataModule,
+            subclass_mode_data=True,
+            args=[],
+            run=True,
+            auto_configure_optimizers=False,
+            parser_kwargs={"exit_on_error": False, "fit": {"exit_on_error": False}},
+            load_from_checkpoint_support=False,
+            parser_class=GPT2KitArgumentParser,
+        )
+    return cli.parser
+
+
+def prepare_command(args: Sequence[str]) -> None:
+    """Prepare a recipe's data (tokenizer training, token shards) without training, with a progress bar.
+
+    Only the recipe's ``data:`` section is read; its other sections are accepted and ignored, and
+    ``--data.*`` overrides work as for ``fit``.
+    """
+    from jsonargparse import ActionConfigFile
+    from lightning import LightningDataModule
+
+    from gpt2kit.data import TextDataModule
+
+    parser = GPT2KitArgumentParser(prog="python -m gpt2kit prepare", description=prepare_command.__doc__)
+    parser.add_argument("-c", "--config", action=ActionConfigFile, help="a recipe; its data: section is used")
+    parser.add_lightning_class_args(LightningDataModule, "data", subclass_mode=True, required=True)
+    for section in ("seed_everything", "trainer", "model", "ckpt_path", "optimizer", "lr_scheduler"):
+        parser.add_argument(f"--{section}", type=Any, default=None, help=argparse.SUPPRESS)
+    cfg = parser.parse_args(list(args))
+    instantiate = getattr(parser, "instantiate", None) or parser.instantiate_classes
+    data = instantiate(cfg).data
+    if not isinstance(data, TextDataModule):
+        data.prepare_data()
+        return
+    prepared = data.prepared(progress=True)
+    meta = prepared.meta
+    sys.stdout.write(
+        f"{prepared.path}: {meta['train_tokens']:,} train + {meta['val_tokens']:,} val tokens "
+        f"({meta['tokenizer']}, vocab {meta['vocab_size']:,}, "
+        f"{meta['val_bytes'] / meta['val_tokens']:.2f} bytes per token, split: {meta['split']})\n"
+    )

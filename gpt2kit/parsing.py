@@ -1,0 +1,103 @@
+"""Command-line parsing that answers in one line: jsonargparse's reports made readable, and did-you-mean.
+
+Every parser of gpt2kit (LightningCLI's, in :mod:`gpt2kit.lightning_cli`, and those of gpt2kit's own
+commands) reports a bad argument as ``error: ...`` plus one line pointing to ``--help``, exit code 2,
+instead of a usage block or a nested report.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import re
+import sys
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any, NoReturn
+
+from jsonargparse import ArgumentParser
+
+from gpt2kit.errors import GPT2KitError, user_error
+from gpt2kit.registry import kinds, registry
+
+
+def readable(message: str) -> str:
+    """Turn jsonargparse's nested report into one line; name registered alternatives for a bad component."""
+    key = re.search(r'Parser key "([\w.]+)"', message)
+    bad = re.search(r"(?:dot import path string|import|class path)[^:]*: '?([\w.]+)'?", message)
+    slot = key.group(1).split(".")[-1] if key else ""
+    if key and bad and slot in kinds():
+        try:
+            entry = registry(slot).entry(bad.group(1))
+        except GPT2KitError as exc:
+            return f"{key.group(1)}: {exc}"
+        if bad.group(1) != entry.cls.__name__:  # a registry name: recipes name the class
+            return (
+                f"{key.group(1)}: '{bad.group(1)}' is the registered name of {entry.cls.__name__}; recipes and "
+                f"options take the class name: {entry.cls.__name__} (or class_path {entry.class_path})"
+            )
+    lines = [line.strip(" -") for line in message.splitlines() if line.strip(" -")]
+    return "; ".join(dict.fromkeys(lines)).replace(":; ", ": ")
+
+
+def did_you_mean(message: str, options: Iterable[str]) -> str:
+    """``message`` with the closest real option named after each unrecognized one it reports."""
+    found = re.search(r"unrecognized arguments: (.*)", message)
+    if not found:
+        return message
+    known = sorted({o for o in options if o.startswith("--")})
+    hints = []
+    for arg in found.group(1).split():
+        flag = arg.split("=", 1)[0]
+        if not flag.startswith("-"):
+            continue
+        close = difflib.get_close_matches(flag, known, n=1, cutoff=0.6)
+        if close:
+            hints.append(f"{flag}: did you mean {close[0]}?")
+    return f"{message.strip()} ({'; '.join(hints)})" if hints else message.strip()
+
+
+class OneLineErrors:
+    """Mixin for a jsonargparse parser: a parse error is ``error: ...`` + a ``--help`` pointer, exit 2.
+
+    A GPT2KitError behind the error (raised while instantiating a class) is said as it is; jsonargparse's
+    own reports become one line (:func:`readable`), with a did-you-mean for a misspelt option.
+    """
+
+    exit_on_error: bool
+
+    def error(self, message: str, ex: Exception | None = None) -> NoReturn:
+        if not self.exit_on_error:
+            super().error(message, ex)  # type: ignore[misc]
+        cause = user_error(ex)
+        text = str(cause) if cause is not None else did_you_mean(readable(message), self._option_names())
+        command = " ".join(a for a in sys.argv[1:2] if not a.startswith("-"))
+        if "invalid choice" in message and "subcommand" in message:
+            command = ""
+        sys.stderr.write(f"error: {text}\n(run `python -m gpt2kit {command + ' ' if command else ''}--help`)\n")
+        sys.exit(2)
+
+    def _option_names(self) -> list[str]:
+        names = list(getattr(self, "_option_string_actions", {}))
+        for action in getattr(self, "_actions", []):  # a subcommand's parser, when the error is the parent's
+            for sub in (getattr(action, "choices", None) or {}).values():
+                names += list(getattr(sub, "_option_string_actions", {}))
+        return names
+
+
+class CommandParser(OneLineErrors, ArgumentParser):
+    """jsonargparse's ArgumentParser with one-line errors: the parser of gpt2kit's own commands."""
+
+
+@contextlib.contextmanager
+def program_args(args: Sequence[str] = ()) -> Iterator[None]:
+    """``sys.argv`` is the program name and ``args`` inside, restored after.
+
+    LightningCLI reads ``sys.argv`` (and warns when it is given ``args`` while sys.argv has some too).
+    """
+    saved = sys.argv
+    sys.argv = [*saved[:1], *args]
+    try:
+        yield
+    finally:
+        sys.argv = saved
+
