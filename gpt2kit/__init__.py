@@ -1,9 +1,9 @@
 """gpt2kit: a GPT-2 toolkit where every part is one line of YAML away."""
 
+from gpt2kit.components import build, list_components, registry
 from gpt2kit.config import PRESETS, GPTConfig, preset
 from gpt2kit.errors import GPT2KitError
 from gpt2kit.model import GPT
-from gpt2kit.components import build, list_components, registry
 from gpt2kit.registry import register
 
 __version__ = "0.1.0"

@@ -29,7 +29,9 @@ class FinalValidation(L.Callback):
         loop = trainer.fit_loop
         last_step = 0 < trainer.max_steps <= trainer.global_step
         last_epoch = loop.max_epochs is not None and 0 < loop.max_epochs <= trainer.current_epoch + 1
-        if trainer.enable_validation and (last_step or (last_epoch and loop.epoch_loop.batch_progress.is_last_batch)):
+        if trainer.enable_validation and (
+            last_step or (last_epoch and loop.epoch_loop.batch_progress.is_last_batch)
+        ):
             trainer.should_stop = True  # the loop ends here anyway; stopping this way validates first
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import pickle
+import re
 from collections.abc import Collection, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -36,9 +37,11 @@ def read_checkpoint(path: str | Path, mmap: bool = False) -> dict[str, Any]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and _is_zip(path))
     except pickle.UnpicklingError as exc:
+        named = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        what = f" (it names {named.group(1)})" if named else ""
         raise GPT2KitError(
             f"refused to load {path}: it holds objects other than tensors and plain data, which could run "
-            f"code when unpickled ({str(exc).splitlines()[0][:120]})"
+            f"code when unpickled{what}"
         ) from None
     except (RuntimeError, EOFError) as exc:
         raise GPT2KitError(f"{path} is not a readable checkpoint: {str(exc).splitlines()[0][:160]}") from None

@@ -16,6 +16,7 @@ before the command line is parsed, so their components can be named in a recipe.
 
 from __future__ import annotations
 
+import difflib
 import logging
 import sys
 from collections.abc import Callable, Sequence
@@ -165,7 +166,9 @@ def export_hf_command(ckpt: str, out_dir: str) -> None:
     from gpt2kit.interop.hf import export_hf
 
     if Path(out_dir).exists() and not Path(out_dir).is_dir():
-        raise GPT2KitError(f"out_dir {out_dir} is a file, not a folder: give a new or existing folder to write")
+        raise GPT2KitError(
+            f"out_dir {out_dir} is a file, not a folder: give a new or existing folder to write"
+        )
     print(f"wrote {export_hf(ckpt, out_dir)}")
 
 
@@ -185,6 +188,8 @@ COMMANDS: dict[str, Callable[..., None]] = {
     "export-hf": export_hf_command,
     "ablate": ablate_command,
 }
+LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
+"""LightningCLI's subcommands (:mod:`gpt2kit.lightning_cli`)."""
 POSITIONAL = {import_hf_command, export_hf_command}
 """Commands whose required arguments are positional (``import-hf HF_DIR OUT``)."""
 
@@ -208,7 +213,9 @@ def _list(args: Sequence[str]) -> None:
     flags = [a for a in args if a.startswith("-")]
     if flags or len(args) > 2:
         what = f"no option {flags[0]}" if flags else f"at most two arguments, not {len(args)}"
-        raise GPT2KitError(f"list takes {what}: python -m gpt2kit list [KIND] [PATTERN], e.g. list attention '*window*'")
+        raise GPT2KitError(
+            f"list takes {what}: python -m gpt2kit list [KIND] [PATTERN], e.g. list attention '*window*'"
+        )
     list_command(*args)
 
 
@@ -217,6 +224,12 @@ def _dispatch(argv: list[str]) -> None:
     load_builtins()  # before the plugins, so that a plugin reusing a built-in name is told so
     load_plugins(explicit)
     export_plugins(explicit)  # DDP ranks and ablation runs load them too
+    if argv and not argv[0].startswith("-") and argv[0] not in (*COMMANDS, *LIGHTNING_COMMANDS):
+        close = difflib.get_close_matches(argv[0], [*LIGHTNING_COMMANDS, *COMMANDS], n=1, cutoff=0.5)
+        hint = f": did you mean {close[0]}?" if close else ""
+        raise GPT2KitError(
+            f"unknown command '{argv[0]}'{hint} (commands: {', '.join([*LIGHTNING_COMMANDS, *COMMANDS])})"
+        )
     if argv and argv[0] in COMMANDS:
         if argv[0] == "list":
             _list(argv[1:])

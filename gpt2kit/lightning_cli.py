@@ -69,7 +69,9 @@ class GPT2KitCLI(LightningCLI):
         if not any(isinstance(p, CheckpointIO) for p in plugins):
             config["plugins"] = [*plugins, AtomicCheckpointIO()]
         own = [*(config.get("callbacks") or []), *callbacks]
-        if config.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in own):
+        if config.get("enable_progress_bar") is not False and not any(
+            isinstance(c, ProgressBar) for c in own
+        ):
             callbacks = [*callbacks, step_progress_bar()]
         try:
             return super()._instantiate_trainer(config, callbacks)

@@ -12,7 +12,7 @@ import difflib
 import re
 import sys
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any, NoReturn
+from typing import NoReturn
 
 from jsonargparse import ArgumentParser
 
@@ -40,20 +40,23 @@ def readable(message: str) -> str:
 
 
 def did_you_mean(message: str, options: Iterable[str]) -> str:
-    """``message`` with the closest real option named after each unrecognized one it reports."""
+    """``message`` with the closest real option (or subcommand) named for a misspelt one."""
+    choice = re.search(r"invalid choice: '([^']+)' \(choose from (.*)\)", message)
+    if choice:
+        names = re.findall(r"'([^']+)'", choice.group(2))
+        close = difflib.get_close_matches(choice.group(1), names, n=1, cutoff=0.5)
+        hint = f": did you mean {close[0]}?" if close else ""
+        return f"unknown command '{choice.group(1)}'{hint} (commands: {', '.join(names)})"
     found = re.search(r"unrecognized arguments: (.*)", message)
     if not found:
         return message
     known = sorted({o for o in options if o.startswith("--")})
-    hints = []
-    for arg in found.group(1).split():
-        flag = arg.split("=", 1)[0]
-        if not flag.startswith("-"):
-            continue
+    flags = [arg.split("=", 1)[0] for arg in found.group(1).split() if arg.startswith("-")]
+    for flag in flags:
         close = difflib.get_close_matches(flag, known, n=1, cutoff=0.6)
         if close:
-            hints.append(f"{flag}: did you mean {close[0]}?")
-    return f"{message.strip()} ({'; '.join(hints)})" if hints else message.strip()
+            return f"unknown option {flag}: did you mean {close[0]}?"
+    return f"unknown option {flags[0]}" if flags else message.strip()
 
 
 class OneLineErrors:
@@ -73,7 +76,9 @@ class OneLineErrors:
         command = " ".join(a for a in sys.argv[1:2] if not a.startswith("-"))
         if "invalid choice" in message and "subcommand" in message:
             command = ""
-        sys.stderr.write(f"error: {text}\n(run `python -m gpt2kit {command + ' ' if command else ''}--help`)\n")
+        sys.stderr.write(
+            f"error: {text}\n(run `python -m gpt2kit {command + ' ' if command else ''}--help`)\n"
+        )
         sys.exit(2)
 
     def _option_names(self) -> list[str]:
@@ -100,4 +105,3 @@ def program_args(args: Sequence[str] = ()) -> Iterator[None]:
         yield
     finally:
         sys.argv = saved
-

@@ -173,7 +173,7 @@ def test_bad_input_is_one_clear_line(tmp_path, capsys, spec, expected):
     path = write_study(tmp_path, **spec)
     with pytest.raises(SystemExit) as exit_:
         main(["ablate", "--config", str(path)])
-    assert exit_.value.code == 1
+    assert exit_.value.code == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and expected in errors[0], errors
     assert not (tmp_path / "out").exists()  # nothing ran

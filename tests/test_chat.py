@@ -266,7 +266,7 @@ def test_bad_jsonl_row_is_one_error_line_with_file_and_line(case, tmp_path, caps
     with pytest.raises(SystemExit) as exit_:
         main(["prepare", "--data", "ChatDataModule", "--data.init_args.source", str(path),
               "--data.init_args.tokenizer", "CharTokenizer", "--data.init_args.cache", str(tmp_path / "c")])  # fmt: skip
-    assert exit_.value.code == 1
+    assert exit_.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"error: {path}:3: ") and expected in err[0], err
     assert "on_bad_row skip" in err[0]

@@ -129,7 +129,7 @@ def test_a_message_longer_than_the_context_keeps_its_end(short_ckpt, caplog):
         module.model, module.tokenizer, RoleTokensTemplate(), SamplingConfig(max_new_tokens=4)
     )
     session.reply("x" * 43 + "the end")  # 50 tokens; the context holds 48, 4 of them for the reply
-    assert session.history_text() == "<|user|>" + "x" * 34 + "the end<|end|><|assistant|>"
+    assert session.prompt_text() == "<|user|>" + "x" * 34 + "the end<|end|><|assistant|>"
     assert len(session.prompt) == 48 - 4 and "it keeps its last 41" in caplog.text
     with pytest.raises(
         GPT2KitError, match="the system prompt is 60 tokens, too long for the model's 48-token"
@@ -142,7 +142,7 @@ def test_checkpoint_without_a_chat_template_is_one_clear_error(tmp_path, monkeyp
     with pytest.raises(SystemExit) as exit_:
         chat(monkeypatch, capsys, "--ckpt", base, "--message", "hi")
     err = capsys.readouterr().err.strip().splitlines()
-    assert exit_.value.code == 1 and len(err) == 1
+    assert exit_.value.code == 2 and len(err) == 1
     assert err[0].startswith(f"error: checkpoint {base} was trained without a chat template")
     assert "fine-tune it into a chatbot first" in err[0] and "recipes/chat/topical-chat.yaml" in err[0]
     with pytest.raises(SystemExit):

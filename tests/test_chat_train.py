@@ -18,7 +18,6 @@ import torch.nn.functional as F
 from conftest import RECIPES, cwd
 
 from gpt2kit import GPT2KitError, GPTConfig
-from gpt2kit.callbacks import load_init_weights
 from gpt2kit.chat import ChatDataModule
 from gpt2kit.chat.data import IGNORE_INDEX
 from gpt2kit.checkpoint import load_module, read_checkpoint, save_checkpoint
@@ -151,7 +150,7 @@ def test_init_from_loads_the_base_rows_and_keeps_new_rows_fresh(char_base, head)
     torch.manual_seed(2)
     module = tiny_module(V + 3, init_from=path, **extra)
     fresh = {k: v.clone() for k, v in module.model.state_dict().items()}
-    load_init_weights(module, chat_tok)
+    module.load_init_from(chat_tok)
     state, saved = module.model.state_dict(), read_checkpoint(path)["state_dict"]
     vocab_tensors = ["wte.weight"] + (["head.lm_head.weight"] if head == "untied" else [])
     for name in vocab_tensors:
@@ -167,9 +166,9 @@ def test_growth_needs_the_checkpoints_tokenizer_plus_special_tokens(char_base):
     other.train(["zyxwvutsrqponmlkjihgfedcba ?!.,'ABCDEFGHIJKLMNOPQRSTUVWXYZ+++"])  # other ids
     module = tiny_module(other.vocab_size, init_from=path)
     with pytest.raises(GPT2KitError, match="is not the tokenizer of init_from .* with special tokens added"):
-        load_init_weights(module, other)
+        module.load_init_from(other)
     with pytest.raises(GPT2KitError, match=r"shape mismatch \(file vs model\): wte.weight"):
-        load_init_weights(tiny_module(tok.vocab_size + 3, init_from=path))  # no tokenizer: no growth
+        tiny_module(tok.vocab_size + 3, init_from=path).load_init_from()  # no tokenizer: no growth
 
 
 def write_chats(path, n=24):

@@ -89,4 +89,4 @@ def test_bad_config_is_one_clear_line(args, expected):
 
 def test_generate_errors():
     out = gpt2kit("generate", "--ckpt", "nowhere.ckpt")
-    assert out.returncode == 1 and out.stderr.strip() == "error: checkpoint 'nowhere.ckpt' does not exist"
+    assert out.returncode == 2 and out.stderr.strip() == "error: checkpoint 'nowhere.ckpt' does not exist"

@@ -26,7 +26,7 @@ from gpt2kit.finetune import (
     LoRA,
     LoRALinear,
     PatternFreeze,
-    load_weights,
+    load_pretrained,
 )
 from gpt2kit.lit import GPTLitModule, OptimConfig, lr_factor
 from gpt2kit.nn import LayerNorm
@@ -320,7 +320,7 @@ def test_bad_policy_is_one_clear_line(policy, message):
 
 def test_init_from_with_mismatched_shapes_lists_them(base):
     with pytest.raises(GPT2KitError) as err:
-        load_weights(GPT(preset("nano", n_embd=64)), base)
+        load_pretrained(GPT(preset("nano", n_embd=64)), base)
     text = str(err.value)
     assert "\n" not in text and "do not fit this model" in text
     assert "wte.weight (65, 32) vs (65, 64)" in text and "n_embd=32" in text

@@ -296,7 +296,7 @@ def test_cli_prompt_file_and_samples(ckpt, tmp_path, capsys):
 def test_cli_bad_values_are_one_clear_line(ckpt, capsys, args, message):
     with pytest.raises(SystemExit) as exit:
         main(["generate", "--ckpt", str(ckpt), *args])
-    assert exit.value.code == 1
+    assert exit.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith(message) and "\n" not in err
 

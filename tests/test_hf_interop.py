@@ -12,7 +12,6 @@ import torch
 from conftest import SHARED_DATA
 
 from gpt2kit import GPT2KitError, preset
-from gpt2kit.callbacks import load_init_weights
 from gpt2kit.checkpoint import load_module, load_weights, read_checkpoint, save_checkpoint
 from gpt2kit.cli import main
 from gpt2kit.generate import SamplingConfig, generate
@@ -160,7 +159,7 @@ def test_cli_import_and_export(tmp_path, capsys):
     assert (tmp_path / "out" / "model.safetensors").is_file()
     with pytest.raises(SystemExit) as exit:
         main(["import-hf", str(tmp_path / "out" / "model.safetensors"), str(tmp_path / "x.ckpt")])
-    assert exit.value.code == 1
+    assert exit.value.code == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "is not a folder" in errors[0]
 
@@ -188,13 +187,13 @@ def test_init_from_loads_weights_and_tokenizer_and_refuses_misfits(tmp_path):
     arch = preset("nano", vocab_size=100, block_size=64, n_embd=32, n_head=2, n_layer=2, dropout=0.1)
     module = GPTLitModule(arch, init_from=str(ckpt))
     assert not torch.equal(module.model.wte.weight, hf.transformer.wte.weight)
-    load_init_weights(module)  # what the FineTuning callback does at setup, once
+    module.load_init_from()  # what the module does at setup, once
     assert torch.equal(module.model.wte.weight, hf.transformer.wte.weight)
     assert module.tokenizer == tok
     assert module.hparams["init_from"] == str(ckpt)
     misfit = GPTLitModule(preset("nano", vocab_size=100, block_size=64, n_embd=64), init_from=str(ckpt))
     with pytest.raises(GPT2KitError, match="do not fit this model.*make model.arch and the components match"):
-        load_init_weights(misfit)
+        misfit.load_init_from()
 
 
 def test_imported_checkpoint_validates_through_the_cli(tmp_path):

@@ -151,7 +151,7 @@ def test_broken_plugin_warns_naming_it_or_fails_when_asked_for(
     for args in (["--plugins", "fake_broken_plugin", "list"], ["--plugins", "no_such_plugin_xyz", "list"]):
         with pytest.raises(SystemExit) as exit_:  # asked for by name: an error, on one line
             main(args)
-        assert exit_.value.code == 1
+        assert exit_.value.code == 2
         err = capsys.readouterr().err.strip()
         assert "\n" not in err
     assert err == (

@@ -132,7 +132,7 @@ def test_too_many_devices_on_the_command_line_is_one_line():
         capture_output=True, text=True, timeout=240,
     )  # fmt: skip
     errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
-    assert out.returncode == 1 and len(errors) == 1 and "Traceback" not in out.stderr, out.stderr[-2000:]
+    assert out.returncode == 2 and len(errors) == 1 and "Traceback" not in out.stderr, out.stderr[-2000:]
     assert "trainer.devices=4096 but this machine has" in errors[0] and "lower --trainer.devices" in errors[0]
 
 

@@ -4,9 +4,10 @@ import textwrap
 import pytest
 
 from gpt2kit import GPT2KitError, build, registry
+from gpt2kit.components import kinds
 from gpt2kit.config import GPTConfig
 from gpt2kit.nn import Attention, CausalSelfAttention, Norm
-from gpt2kit.registry import Registry, kinds, load_plugins
+from gpt2kit.registry import Registry, load_plugins
 
 
 def test_builtin_kinds_are_registered():

@@ -101,7 +101,7 @@ def test_checkpoint_with_another_tokenizer_is_refused(runs, capsys, tmp_path, mo
     char_recipe = str(PRETRAIN / "shakespeare-char.yaml")
     code = gpt2kit("validate", "--config", char_recipe, *TINY, "--ckpt_path", str(bpe_ckpt))
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
-    assert code == 1 and len(errors) == 1
+    assert code == 2 and len(errors) == 1
     assert "was trained with another tokenizer (ByteLevelBPETokenizer(vocab_size=2048)" in errors[0]
     assert "than the data's (CharTokenizer(vocab_size=65)" in errors[0]
 
@@ -119,4 +119,4 @@ def test_prepare_command_prepares_alone(capsys, tmp_path, monkeypatch):
         "--data.init_args.tokenizer.init_args.vocab_size", "100",
     )  # fmt: skip
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
-    assert code == 1 and len(errors) == 1 and "vocab_size=100 is smaller than the byte alphabet" in errors[0]
+    assert code == 2 and len(errors) == 1 and "vocab_size=100 is smaller than the byte alphabet" in errors[0]

@@ -4,7 +4,8 @@ Interactive on a terminal; for scripts, give the messages with ``--message`` (on
 one per line on stdin — each reply is then printed on its own line. Lines that are commands:
 
     /reset     forget the conversation (the system prompt stays)
-    /history   show the last prompt as the model saw it, special tokens included
+    /history   show the conversation as the next turn will see it (the last reply included), special
+               tokens included
     /exit      leave (also /quit, Ctrl-D)
 """
 
@@ -22,7 +23,7 @@ if TYPE_CHECKING:
 
 COMMANDS = {
     "/reset": "forget the conversation (the system prompt stays)",
-    "/history": "show the last prompt as the model saw it",
+    "/history": "show the conversation as the next turn will see it",
     "/exit": "leave (also /quit, Ctrl-D)",
     "/help": "this list",
 }
@@ -135,7 +136,7 @@ def _reply(session: ChatSession, text: str, out: TextIO, show_prompt: bool) -> N
     if show_prompt:
         sys.stderr.write(
             f"[prompt: {len(session.prompt)} tokens, {session.reused} from the KV cache, "
-            f"{session.dropped} message(s) dropped]\n{session.history_text()}\n"
+            f"{session.dropped} message(s) dropped]\n{session.prompt_text()}\n"
         )
 
 

@@ -112,6 +112,16 @@ class ChatSession:
         return "".join(self.send(text))
 
     def history_text(self) -> str:
+        """Everything the next turn will see before the new message, as the model sees it (special tokens
+        included): the system message and the conversation so far, the last reply with its end-of-turn.
+
+        The next prompt is this, the new user message and the reply header (less the oldest messages, if
+        the conversation has outgrown the context by then).
+        """
+        system = self.system_turn.ids if self.system_turn else []
+        return self.encoder.tokenizer.decode(system + [i for t in self.turns for i in t.ids])
+
+    def prompt_text(self) -> str:
         """The last prompt as the model saw it, special tokens included."""
         return self.encoder.tokenizer.decode(self.prompt)
 

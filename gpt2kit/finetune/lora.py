@@ -16,6 +16,7 @@ from gpt2kit.finetune.policies import FREEZE, FreezePolicy
 if TYPE_CHECKING:
     from gpt2kit.model import GPT
 
+
 class LoRALinear(nn.Linear):
     """A linear layer plus a low-rank update: ``y = x Wᵀ + b + (alpha / rank) · dropout(x) Aᵀ Bᵀ``.
 
