@@ -5,8 +5,8 @@ from gpt2kit.config import PRESETS, GPTConfig, preset
 from gpt2kit.errors import GPT2KitError
 from gpt2kit.model import GPT
 from gpt2kit.registry import register
+from gpt2kit.version import __version__
 
-__version__ = "0.1.0"
 
 __all__ = [
     "GPT",
@@ -18,4 +18,5 @@ __all__ = [
     "preset",
     "register",
     "registry",
+    "__version__",
 ]

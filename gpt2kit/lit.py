@@ -361,7 +361,7 @@ class GPTLitModule(L.LightningModule):
         self.tokenizer = data_tok
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        from gpt2kit import __version__
+        from gpt2kit.version import __version__
 
         bad = not all(torch.isfinite(p).all() for p in self.parameters())
         if self._trainer is not None and self.trainer.strategy.reduce_boolean_decision(bad, all=False):
