@@ -7,7 +7,6 @@ from gpt2kit.model import GPT
 from gpt2kit.registry import register
 from gpt2kit.version import __version__
 
-
 __all__ = [
     "GPT",
     "GPT2KitError",
