@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 import re
+import sys
 from typing import TYPE_CHECKING, Any
 
 from torch import Tensor, nn
@@ -119,8 +120,12 @@ class FreezePolicy:
         """``{"class_path": ..., "init_args": ...}``: how a checkpoint records this policy."""
         cls = type(self)
         params = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+        module = cls.__module__
+        parent = module.rpartition(".")[0]
+        if parent and getattr(sys.modules.get(parent), cls.__qualname__, None) is cls:
+            module = parent  # the public path (gpt2kit.finetune.LastNBlocks), as jsonargparse writes it
         return {
-            "class_path": f"{cls.__module__}.{cls.__qualname__}",
+            "class_path": f"{module}.{cls.__qualname__}",
             "init_args": {p: getattr(self, p) for p in params},
         }
 
