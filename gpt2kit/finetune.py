@@ -27,7 +27,6 @@ This module needs only torch; :mod:`gpt2kit.callbacks` applies a policy during a
 
 from __future__ import annotations
 
-import inspect
 import math
 import re
 from typing import TYPE_CHECKING, Any
@@ -38,6 +37,7 @@ from torch import Tensor, nn
 
 from gpt2kit.errors import GPT2KitError
 from gpt2kit.registry import add_kind
+from gpt2kit.spec import init_args_from_attributes, instance_spec
 
 if TYPE_CHECKING:
     from gpt2kit.model import GPT
@@ -141,12 +141,7 @@ class FreezePolicy:
 
     def spec(self) -> dict[str, Any]:
         """``{"class_path": ..., "init_args": ...}``: how a checkpoint records this policy."""
-        cls = type(self)
-        params = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
-        return {
-            "class_path": f"{cls.__module__}.{cls.__qualname__}",
-            "init_args": {p: getattr(self, p) for p in params},
-        }
+        return instance_spec(self, init_args_from_attributes(self))
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.spec()["init_args"].items())
