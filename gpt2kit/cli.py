@@ -30,6 +30,7 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from gpt2kit.ablate import ablate_command
 from gpt2kit.chat.repl import chat_command  # and gpt2kit.chat: ChatDataModule by its short name
 from gpt2kit.errors import GPT2KitError
+from gpt2kit.names import RegistryNames
 from gpt2kit.registry import export_plugins, failed_plugins, kinds, list_components, load_plugins, registry
 
 log = logging.getLogger("gpt2kit")
@@ -42,14 +43,9 @@ def _readable(message: str) -> str:
     slot = key.group(1).split(".")[-1] if key else ""
     if key and bad and slot in kinds():
         try:
-            entry = registry(slot).entry(bad.group(1))
+            registry(slot).entry(bad.group(1))
         except GPT2KitError as exc:
             return f"{key.group(1)}: {exc}"
-        if bad.group(1) != entry.cls.__name__:  # a registry name: recipes name the class
-            return (
-                f"{key.group(1)}: '{bad.group(1)}' is the registered name of {entry.cls.__name__}; recipes and "
-                f"options take the class name: {entry.cls.__name__} (or class_path {entry.class_path})"
-            )
     lines = [line.strip(" -") for line in message.splitlines() if line.strip(" -")]
     return "; ".join(dict.fromkeys(lines)).replace(":; ", ": ")
 
@@ -75,8 +71,9 @@ def _user_error(exc: BaseException | None) -> GPT2KitError | None:
     return exc
 
 
-class GPT2KitArgumentParser(LightningArgumentParser):
-    """LightningCLI's parser with errors on one line (plus a pointer to --help)."""
+class GPT2KitArgumentParser(RegistryNames, LightningArgumentParser):
+    """LightningCLI's parser with errors on one line (plus a pointer to --help); components take
+    registered names too (:mod:`gpt2kit.names`)."""
 
     def error(self, message: str, ex: Exception | None = None) -> NoReturn:
         if not self.exit_on_error:
@@ -158,7 +155,8 @@ def list_command(kind: str | None = None, pattern: str = "*") -> None:
         return
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     print(
-        "name, class, source, summary; recipes and options take the class (--model.attention MathAttention)"
+        "name, class, source, summary; recipes and options take the name or the class "
+        "(--model.attention math or MathAttention)"
     )
     current = None
     for r in rows:

@@ -102,6 +102,9 @@ def resolve_class(path: str, base: type, what: str = "") -> type:
         if entry is not None and issubclass(entry.cls, base):
             return entry.cls
     module_name, _, attr = path.rpartition(".")
+    if not module_name and registries_for(base):
+        unknown = registries_for(base)[0].unknown(path)
+        raise GPT2KitError(f"{what}: {unknown}" if what else unknown)
     if not module_name:
         raise GPT2KitError(
             f"{where}{_name(base)} '{path}', which is neither a full class path nor a registered name: "

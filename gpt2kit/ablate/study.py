@@ -262,7 +262,7 @@ def _fit_parser() -> Any:
 
     import gpt2kit.callbacks  # noqa: F401  short class names in recipes, as in lightning_main
     import gpt2kit.data  # noqa: F401
-    from gpt2kit.cli import GPT2KitCLI, program_args
+    from gpt2kit.cli import GPT2KitArgumentParser, GPT2KitCLI, program_args
     from gpt2kit.lit import GPTLitModule
 
     class ParserOnly(GPT2KitCLI):
@@ -278,6 +278,7 @@ def _fit_parser() -> Any:
                 args=[],
                 run=True,
                 auto_configure_optimizers=False,
+                parser_class=GPT2KitArgumentParser,  # registered names in grids (gpt2kit.names)
                 parser_kwargs={"exit_on_error": False, "fit": {"exit_on_error": False}},
             )
     except _Parsed as parsed:

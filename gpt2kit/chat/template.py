@@ -125,6 +125,10 @@ class ChatTemplate:
         """``{"class_path", "init_args"}``: stored like every other component (see :mod:`gpt2kit.spec`)."""
         return instance_spec(self, self.config())
 
+    def spec(self) -> dict[str, Any]:
+        """The same as :meth:`to_dict`: what :func:`gpt2kit.spec.spec_of` records for an instance."""
+        return self.to_dict()
+
     @staticmethod
     def from_dict(data: dict[str, Any]) -> ChatTemplate:
         """Rebuild a saved template (only subclasses of :class:`ChatTemplate`); reads the older

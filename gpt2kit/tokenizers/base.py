@@ -168,6 +168,10 @@ class Tokenizer:
         """``{"class_path", "init_args", "state"}``: stored like every other component (see :mod:`gpt2kit.spec`)."""
         return instance_spec(self, self.config(), state=self.state())
 
+    def spec(self) -> dict[str, Any]:
+        """The same as :meth:`to_dict`: what :func:`gpt2kit.spec.spec_of` records for an instance."""
+        return self.to_dict()
+
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), ensure_ascii=False, sort_keys=True)
 
