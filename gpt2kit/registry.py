@@ -9,9 +9,12 @@ A component is a class that subclasses its kind's base class (``Attention``, ``P
     @register("attention", "my_attention")
     class MyAttention(Attention): ...
 
-In YAML the class is picked by its class name (``class_path: MyAttention``) or full import path; the
-registry's own jobs are listing (``python -m gpt2kit list attention '*window*'``), the Python API
-(``build("attention", "sliding_window", config, window=256)``), readable errors and plugin loading.
+Users name a component by its registered name (``my_attention``), its class name (``MyAttention``)
+or its full import path, interchangeably, in YAML, on the command line and in :func:`build`
+(:mod:`gpt2kit.names` rewrites names to full class paths before jsonargparse checks them). The
+registry's jobs are that lookup (:meth:`Registry.lookup`), listing (``python -m gpt2kit list attention
+'*window*'``), the Python API (``build("attention", "sliding_window", config, window=256)``), readable
+errors and plugin loading.
 """
 
 from __future__ import annotations

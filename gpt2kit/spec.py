@@ -27,6 +27,7 @@ import re
 from typing import Any
 
 from gpt2kit.errors import GPT2KitError
+from gpt2kit.registry import registries_for
 
 CLASS_PATH = "class_path"
 INIT_ARGS = "init_args"
@@ -94,8 +95,6 @@ def resolve_class(path: str, base: type, what: str = "") -> type:
     ``path`` is a full class path, or a registered name / class name of ``base``'s kind. A class whose
     module cannot be imported (a plugin that is not installed) is a one-line error naming it.
     """
-    from gpt2kit.registry import registries_for
-
     where = f"{what} needs " if what else "needs "
     for reg in registries_for(base):
         entry = reg.lookup(path)
