@@ -299,3 +299,23 @@ def test_old_tokenizer_and_template_format_still_loads(tmp_path):
     )
     with pytest.raises(GPT2KitError, match="unknown tokenizer 'nope'"):
         Tokenizer.from_dict({"name": "nope", "config": {}, "state": {}})
+
+
+def test_ablation_grids_take_names():
+    """Ablation variants are resolved by the CLI's parser: names there become class paths too."""
+    from pathlib import Path
+
+    from gpt2kit.ablate.study import Resolver, value_label
+
+    resolver = Resolver(Path(SHAKESPEARE), {})
+    config = resolver.resolve({"model.attention": {"name": "sliding_window", "window": 8}})
+    assert config["model"]["attention"] == {
+        "class_path": "gpt2kit.nn.SlidingWindowAttention",
+        "init_args": {"window": 8},
+    }
+    config = resolver.resolve({"model.position": "rotary"})
+    assert config["model"]["position"]["class_path"] == "gpt2kit.nn.RotaryPosition"
+    with pytest.raises(GPT2KitError, match="did you mean sliding_window"):
+        resolver.resolve({"model.attention": "slidng_window"})
+    assert value_label({"name": "sliding_window", "window": 8}) == "sliding_window(window=8)"
+    assert value_label(config["model"]["position"]) == "RotaryPosition(base=10000.0)"
