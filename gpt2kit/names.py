@@ -35,8 +35,7 @@ import typing
 from typing import Any
 
 from jsonargparse import Namespace
-from jsonargparse._actions import _ActionHelpClassPath
-from jsonargparse._typehints import ActionTypeHint
+from jsonargparse._typehints import ActionTypeHint, _ActionHelpClassPath  # the two actions a value passes
 
 from gpt2kit.errors import GPT2KitError
 from gpt2kit.registry import Entry, Registry, registries_for
@@ -183,14 +182,15 @@ _ComponentTypeHint._check_type.__signature__ = inspect.signature(ActionTypeHint.
 class _ComponentHelp(_ActionHelpClassPath):
     """``--model.attention.help sliding_window``: the help of a component named any of its three ways."""
 
-    def resolve_help_type(self, value: Any, option_string: str) -> Any:
+    def print_help(self, call_args: Any) -> Any:
+        parser, cfg, value, option_string = call_args
         if isinstance(value, str):
             registries, _ = component_registries(self._typehint)
             try:
                 value = canonical_name(value, registries, option_string)
             except GPT2KitError as exc:
                 raise TypeError(str(exc)) from exc
-        return super().resolve_help_type(value, option_string)
+        return super().print_help((parser, cfg, value, option_string))
 
 
 def accept_registry_names(container: Any, action: Any) -> Any:

@@ -116,8 +116,7 @@ def resolve_class(path: str, base: type, what: str = "") -> type:
     except (ImportError, AttributeError):
         top = module_name.split(".")[0]
         raise GPT2KitError(
-            f"{where}{path}, which cannot be imported: install the plugin that provides it ({top}), "
-            "or pass --plugins MODULE"
+            f"{where}{path}: install the plugin that provides it ({top}), or pass --plugins {top}"
         ) from None
     if not (isinstance(obj, type) and issubclass(obj, base)):
         raise GPT2KitError(
