@@ -337,7 +337,8 @@ class GPTLitModule(L.LightningModule):
         template = getattr(datamodule, "chat_template", None)
         if template is not None:
             spec = template.to_dict()
-            if self.chat_template is not None and self.chat_template != spec:
+            # compared as templates: a checkpoint written before class paths holds {name, config}
+            if self.chat_template is not None and template.from_dict(self.chat_template) != template:
                 raise GPT2KitError(
                     f"the model was trained with the chat template {describe(self.chat_template)} but the data "
                     f"uses {describe(spec)}: prepare the data with the model's template"

@@ -326,3 +326,20 @@ def test_ablation_grids_take_names():
         resolver.resolve({"model.attention": "slidng_window"})
     assert value_label({"name": "sliding_window", "window": 8}) == "sliding_window(window=8)"
     assert value_label(config["model"]["position"]) == "RotaryPosition(base=10000.0)"
+
+
+def test_a_model_with_an_old_format_template_accepts_the_same_template_in_the_data():
+    from types import SimpleNamespace
+
+    from gpt2kit.config import preset
+    from gpt2kit.lit import GPTLitModule
+
+    module = GPTLitModule(preset("nano"))
+    module.chat_template = {"name": "role_tokens", "config": {}}  # as an old checkpoint left it
+    data = SimpleNamespace(chat_template=RoleTokensTemplate(), tokenizer=None, val_bytes_per_token=None)
+    module._trainer = SimpleNamespace(datamodule=data)
+    module.setup("fit")
+    assert module.chat_template == RoleTokensTemplate().to_dict()
+    data.chat_template = ChatMLTemplate()
+    with pytest.raises(GPT2KitError, match="prepare the data with the model's template"):
+        module.setup("fit")
