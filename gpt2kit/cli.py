@@ -52,7 +52,8 @@ def list_command(kind: str | None = None, pattern: str = "*") -> None:
         return
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     print(
-        "name, class, source, summary; recipes and options take the class (--model.attention MathAttention)"
+        "name, class, source, summary; recipes and options take the name or the class "
+        "(--model.attention math or MathAttention)"
     )
     current = None
     for r in rows:

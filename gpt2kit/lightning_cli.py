@@ -19,6 +19,7 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from gpt2kit.ckptfile import read_checkpoint
 from gpt2kit.errors import GPT2KitError
+from gpt2kit.names import RegistryNames
 from gpt2kit.parsing import OneLineErrors, program_args
 
 __all__ = ["GPT2KitArgumentParser", "GPT2KitCLI", "lightning_main", "prepare_command", "recipe_parser"]
@@ -27,8 +28,9 @@ _SPECIAL_CKPT_PATHS = ("last", "best", "hpc")
 """Values of ``--ckpt_path`` that Lightning resolves itself."""
 
 
-class GPT2KitArgumentParser(OneLineErrors, LightningArgumentParser):
-    """LightningCLI's parser with errors on one line (plus a pointer to --help), and did-you-mean."""
+class GPT2KitArgumentParser(RegistryNames, OneLineErrors, LightningArgumentParser):
+    """LightningCLI's parser with errors on one line (plus a pointer to --help), and did-you-mean;
+    components take registered names too (:mod:`gpt2kit.names`)."""
 
 
 class GPT2KitCLI(LightningCLI):

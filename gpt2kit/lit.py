@@ -30,8 +30,8 @@ from gpt2kit.data.datamodule import IGNORE_INDEX
 from gpt2kit.errors import GPT2KitError
 from gpt2kit.finetune import FreezePolicy, FullFineTune, kept_state, load_pretrained
 from gpt2kit.finetune.callback import FineTuning
-from gpt2kit.model import GPT, AttentionFactory, HeadFactory, MLPFactory, NormFactory, PositionFactory
-from gpt2kit.nn import CausalSelfAttention, GeluMLP, LayerNorm, LearnedPosition, TiedLMHead
+from gpt2kit.model import GPT, GPT2, AttentionFactory, HeadFactory, MLPFactory, NormFactory, PositionFactory
+from gpt2kit.spec import describe, spec_of
 from gpt2kit.tokenizers import Tokenizer
 
 if TYPE_CHECKING:
@@ -78,17 +78,7 @@ def lr_factor(step: int, warmup: int, decay: int, min_ratio: float) -> float:
 
 def component_spec(value: Any) -> Any:
     """A recipe-style description of a constructor argument: ``{"class_path": ..., "init_args": ...}``."""
-    if isinstance(value, type):
-        return {"class_path": f"{value.__module__}.{value.__qualname__}"}
-    if isinstance(value, functools.partial):  # what a class_path + init_args becomes
-        cls = next((a for a in (value.func, *value.args) if isinstance(a, type)), None)
-        if cls is not None:
-            return {**component_spec(cls), "init_args": dict(value.keywords)}
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return dataclasses.asdict(value)
-    if isinstance(value, FreezePolicy):
-        return value.spec()
-    return value
+    return spec_of(value)
 
 
 class GPTLitModule(L.LightningModule):
@@ -97,11 +87,11 @@ class GPTLitModule(L.LightningModule):
     def __init__(
         self,
         arch: GPTConfig = GPTConfig(),
-        attention: AttentionFactory = CausalSelfAttention,
-        position: PositionFactory = LearnedPosition,
-        norm: NormFactory = LayerNorm,
-        mlp: MLPFactory = GeluMLP,
-        head: HeadFactory = TiedLMHead,
+        attention: AttentionFactory = GPT2.attention,
+        position: PositionFactory = GPT2.position,
+        norm: NormFactory = GPT2.norm,
+        mlp: MLPFactory = GPT2.mlp,
+        head: HeadFactory = GPT2.head,
         optim: OptimConfig = OptimConfig(),
         finetune: FreezePolicy | None = None,
         init_from: str | None = None,
@@ -343,10 +333,11 @@ class GPTLitModule(L.LightningModule):
         template = getattr(datamodule, "chat_template", None)
         if template is not None:
             spec = template.to_dict()
-            if self.chat_template is not None and self.chat_template != spec:
+            # compared as templates: a checkpoint written before class paths holds {name, config}
+            if self.chat_template is not None and template.from_dict(self.chat_template) != template:
                 raise GPT2KitError(
-                    f"the model was trained with the chat template {self.chat_template['name']} but the data uses "
-                    f"{spec['name']}: prepare the data with the model's template"
+                    f"the model was trained with the chat template {describe(self.chat_template)} but the data "
+                    f"uses {describe(spec)}: prepare the data with the model's template"
                 )
             self.chat_template = spec
         data_tok = getattr(datamodule, "tokenizer", None)

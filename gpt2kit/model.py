@@ -8,6 +8,7 @@ recipe's ``class_path`` + ``init_args`` becomes. With the defaults this is exact
 from __future__ import annotations
 
 import dataclasses
+import typing
 from collections.abc import Callable
 
 import torch
@@ -39,20 +40,59 @@ MLPFactory = Callable[[GPTConfig], MLP]
 HeadFactory = Callable[[GPTConfig], Head]
 
 
+@dataclasses.dataclass(frozen=True)
+class Components:
+    """The model's swappable slots, each a factory ``(GPTConfig) -> module``; the defaults are GPT-2's.
+
+    The one list of slots: the model, the LitModule's constructor, Hugging Face interop, resuming and
+    ablation labels all read it from here (``dataclasses.fields(Components)``, :data:`SLOTS`).
+    """
+
+    attention: AttentionFactory = CausalSelfAttention
+    """The attention of every block."""
+    position: PositionFactory = LearnedPosition
+    """The position encoding (given to every attention)."""
+    norm: NormFactory = LayerNorm
+    """The normalisation layer (before attention, before the MLP and at the end)."""
+    mlp: MLPFactory = GeluMLP
+    """The feed-forward sub-layer of every block."""
+    head: HeadFactory = TiedLMHead
+    """The output head."""
+
+    def as_dict(self) -> dict[str, Callable[[GPTConfig], nn.Module]]:
+        """``{slot: factory}`` (shallow: the factories themselves, not copies)."""
+        return {slot: getattr(self, slot) for slot in SLOTS}
+
+
+SLOTS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Components))
+"""The slot names, in order: attention, position, norm, mlp, head."""
+
+BASES: dict[str, type[nn.Module]] = {
+    slot: typing.get_args(hint)[-1] for slot, hint in typing.get_type_hints(Components).items()
+}
+"""The base class each slot's factory builds (``Attention`` ...): what a spec of that slot is rebuilt as."""
+
+GPT2 = Components()
+"""GPT-2's components: causal self-attention, learned positions, LayerNorm, GELU MLP, tied head."""
+
+
 class GPT(nn.Module):
     """A decoder-only transformer built from swappable parts."""
 
     def __init__(
         self,
         config: GPTConfig,
-        attention: AttentionFactory = CausalSelfAttention,
-        position: PositionFactory = LearnedPosition,
-        norm: NormFactory = LayerNorm,
-        mlp: MLPFactory = GeluMLP,
-        head: HeadFactory = TiedLMHead,
+        attention: AttentionFactory = GPT2.attention,
+        position: PositionFactory = GPT2.position,
+        norm: NormFactory = GPT2.norm,
+        mlp: MLPFactory = GPT2.mlp,
+        head: HeadFactory = GPT2.head,
     ) -> None:
+        """The slots' factories default to :data:`GPT2`'s; ``GPT(config, **components.as_dict())`` builds
+        from a :class:`Components`."""
         super().__init__()
         self.config = config
+        self.components = Components(attention, position, norm, mlp, head)
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)
         self.position = position(config)
         limit = self.position.max_positions
@@ -135,6 +175,17 @@ class GPT(nn.Module):
         ref = self.wte.weight
         max_len = max_len or self.config.block_size
         return [b.attn.new_cache(batch_size, max_len, ref.device, dtype or ref.dtype) for b in self.blocks]
+
+    def component(self, slot: str) -> nn.Module:
+        """The (first) module a slot's factory built: ``blocks[0].attn``, ``position``, ``ln_f`` ..."""
+        modules = {
+            "attention": lambda: self.blocks[0].attn,
+            "position": lambda: self.position,
+            "norm": lambda: self.ln_f,
+            "mlp": lambda: self.blocks[0].mlp,
+            "head": lambda: self.head,
+        }
+        return modules[slot]()
 
     def num_params(self, trainable_only: bool = False) -> int:
         """Number of parameters, each shared tensor counted once (GPT-2 small: 124,439,808)."""

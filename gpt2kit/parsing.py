@@ -27,14 +27,9 @@ def readable(message: str) -> str:
     slot = key.group(1).split(".")[-1] if key else ""
     if key and bad and slot in kinds():
         try:
-            entry = registry(slot).entry(bad.group(1))
+            registry(slot).entry(bad.group(1))
         except GPT2KitError as exc:
             return f"{key.group(1)}: {exc}"
-        if bad.group(1) != entry.cls.__name__:  # a registry name: recipes name the class
-            return (
-                f"{key.group(1)}: '{bad.group(1)}' is the registered name of {entry.cls.__name__}; recipes and "
-                f"options take the class name: {entry.cls.__name__} (or class_path {entry.class_path})"
-            )
     lines = [line.strip(" -") for line in message.splitlines() if line.strip(" -")]
     return "; ".join(dict.fromkeys(lines)).replace(":; ", ": ")
 

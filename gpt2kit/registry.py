@@ -9,11 +9,13 @@ A component is a class that subclasses its kind's base class (``Attention``, ``P
     @register("attention", "my_attention")
     class MyAttention(Attention): ...
 
-In YAML the class is picked by its class name (``class_path: MyAttention``) or full import path. The
+Users name a component by its registered name (``my_attention``), its class name (``MyAttention``)
+or its full import path, interchangeably, in YAML, on the command line and in :func:`build`
+(:mod:`gpt2kit.names` rewrites names to full class paths before jsonargparse checks them). The
 registry is a passive table that the components' modules fill as they are imported; it imports none of
-them (:func:`gpt2kit.components.load_builtins` does, for whoever needs them all). Its jobs are listing
-(``python -m gpt2kit list attention '*window*'``), the Python API (``build("attention",
-"sliding_window", config, window=256)``), readable errors and plugin loading.
+them (:func:`gpt2kit.components.load_builtins` does, for whoever needs them all). Its jobs are that
+lookup (:meth:`Registry.lookup`), listing (``python -m gpt2kit list attention '*window*'``), the Python
+API (``build("attention", "sliding_window", config, window=256)``), readable errors and plugin loading.
 """
 
 from __future__ import annotations
@@ -107,17 +109,33 @@ class Registry:
         self._entries[name] = entry
         return entry
 
-    def entry(self, name: str) -> Entry:
+    def lookup(self, name: str) -> Entry | None:
+        """The entry a user's name means: a registered name, a class name (if only one class has it)
+        or a full class path; None if none does. Users may write any of the three, anywhere."""
         if name in self._entries:
             return self._entries[name]
-        for e in self._entries.values():  # class names and full paths work too, as in YAML
-            if name in (e.cls.__name__, e.class_path):
-                return e
+        matches = {e.class_path: e for e in self._entries.values() if name in (e.cls.__name__, e.class_path)}
+        return next(iter(matches.values())) if len(matches) == 1 else None
+
+    def entry(self, name: str) -> Entry:
+        """:meth:`lookup`, or a one-line error listing the close matches."""
+        found = self.lookup(name)
+        if found is not None:
+            return found
+        same = [e.class_path for e in self._entries.values() if e.cls.__name__ == name]
+        if len(same) > 1:
+            raise GPT2KitError(
+                f"{self.kind} class name '{name}' is ambiguous: {', '.join(same)}; give the full class path"
+            )
+        raise GPT2KitError(self.unknown(name))
+
+    def unknown(self, name: str) -> str:
+        """The one-line message for a name that is not registered: close matches, then every name."""
         candidates = sorted(self._entries) + sorted(e.cls.__name__ for e in self._entries.values())
         close = difflib.get_close_matches(name, candidates, n=3, cutoff=0.5)
         hint = f"did you mean {', '.join(close)}? " if close else ""
         broken = f"; plugins that failed to load: {', '.join(failed_plugins)}" if failed_plugins else ""
-        raise GPT2KitError(
+        return (
             f"unknown {self.kind} '{name}': {hint}registered: {', '.join(self.names())} "
             f"(see `python -m gpt2kit list {self.kind}`; a plugin's component needs the plugin installed "
             f"or its module named with --plugins){broken}"
@@ -179,6 +197,14 @@ def add_kind(kind: str, base: type) -> Registry:
     if kind in _REGISTRIES and _REGISTRIES[kind].base is not base:
         raise GPT2KitError(f"component kind '{kind}' already exists with base {_REGISTRIES[kind].base}")
     return _REGISTRIES.setdefault(kind, Registry(kind, base))
+
+
+def registries_for(cls: type) -> list[Registry]:
+    """The registries whose classes may stand where ``cls`` is expected (its kind's, or all for ``object``).
+
+    Passive: it does not load the built-ins.
+    """
+    return [r for r in _REGISTRIES.values() if issubclass(r.base, cls) or issubclass(cls, r.base)]
 
 
 def registry(kind: str) -> Registry:

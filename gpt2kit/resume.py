@@ -20,9 +20,7 @@ LR schedule and loop counters by Lightning itself.
 
 from __future__ import annotations
 
-import inspect
 import os
-import pydoc
 import random
 from collections.abc import Callable
 from pathlib import Path
@@ -34,6 +32,9 @@ import torch
 from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from gpt2kit.model import SLOTS
+from gpt2kit.spec import describe, normalized
 
 
 class LastCheckpoint(ModelCheckpoint):
@@ -122,29 +123,8 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 # -- does a checkpoint fit this model? ---------------------------------------------------------------------------
-ARCHITECTURE_KEYS = ("attention", "position", "norm", "mlp", "head")
+ARCHITECTURE_KEYS = SLOTS
 """Constructor arguments of GPTLitModule that define the weights (with ``arch``, less its dropout)."""
-
-
-def _describe(spec: Any) -> str:
-    """``SlidingWindowAttention(window=64)`` from ``{"class_path": "...SlidingWindowAttention", "init_args": ...}``."""
-    if isinstance(spec, dict) and "class_path" in spec:
-        args = ", ".join(f"{k}={v}" for k, v in sorted((spec.get("init_args") or {}).items()))
-        return f"{spec['class_path'].rsplit('.', 1)[-1]}({args})"
-    return str(spec)
-
-
-def _normalized(spec: Any) -> Any:
-    """A component spec with its class resolved and its constructor defaults filled in, for comparing."""
-    if not (isinstance(spec, dict) and "class_path" in spec):
-        return spec
-    cls, args = pydoc.locate(spec["class_path"]), dict(spec.get("init_args") or {})
-    if cls is None:
-        return spec["class_path"], args
-    for name, param in inspect.signature(cls).parameters.items():
-        if param.default is not inspect.Parameter.empty:
-            args.setdefault(name, param.default)
-    return cls, args
 
 
 def architecture_mismatch(
@@ -155,7 +135,7 @@ def architecture_mismatch(
 ) -> list[str]:
     """Differences that make a checkpoint's weights unusable for a model: sizes, components, tensor shapes.
 
-    ``saved`` / ``current`` are hyperparameters (recipe-style specs, see ``gpt2kit.lit.component_spec``);
+    ``saved`` / ``current`` are hyperparameters (recipe-style specs, see :mod:`gpt2kit.spec`);
     when they agree, the tensor shapes of ``saved_state`` are compared with those of ``current_state()``
     (called only then; None skips it, e.g. for sharded models). Returns ``"name: checkpoint X, here Y"``
     items; empty when the weights fit.
@@ -166,8 +146,8 @@ def architecture_mismatch(
         if key != "dropout" and saved_arch.get(key) != current_arch.get(key):
             problems.append(f"arch.{key}: checkpoint {saved_arch.get(key)}, here {current_arch.get(key)}")
     for key in ARCHITECTURE_KEYS:
-        if key in saved and key in current and _normalized(saved[key]) != _normalized(current[key]):
-            problems.append(f"{key}: checkpoint {_describe(saved[key])}, here {_describe(current[key])}")
+        if key in saved and key in current and normalized(saved[key]) != normalized(current[key]):
+            problems.append(f"{key}: checkpoint {describe(saved[key])}, here {describe(current[key])}")
     if not problems and saved_state is not None and current_state is not None:
         here = current_state()  # same recipe, yet the tensors may differ (e.g. a plugin changed): name them
         for name in sorted(set(saved_state) | set(here)):

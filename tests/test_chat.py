@@ -347,7 +347,10 @@ def test_prepared_once_split_by_conversation_and_reused(topical, caplog):
     assert meta["train"]["readings"] == 2 * 27 and meta["val"]["readings"] == 2 * 3  # conversations 9, 19, 29
     assert set(prepared.groups("val").tolist()) == {9, 19, 29}  # both readings of a conversation: one split
     assert meta["train"]["truncated"] == meta["train"]["samples"] == 54  # ~500 tokens each, in 65
-    assert meta["val"]["learned"] > 0 and meta["template"] == {"name": "role_tokens", "config": {}}
+    assert meta["val"]["learned"] > 0 and meta["template"] == {
+        "class_path": "gpt2kit.chat.template.RoleTokensTemplate",
+        "init_args": {},
+    }
     assert prepared.tokenizer.token_id("<|assistant|>") == 50259
     assert not list(prepared.path.parent.glob(".*tmp*"))
     mtime = (prepared.path / "train.bin").stat().st_mtime_ns

@@ -20,6 +20,7 @@ from conftest import RECIPES, cwd
 from gpt2kit import GPT2KitError, GPTConfig
 from gpt2kit.chat import ChatDataModule
 from gpt2kit.chat.data import IGNORE_INDEX
+from gpt2kit.chat.template import RoleTokensTemplate
 from gpt2kit.checkpoint import load_module, read_checkpoint, save_checkpoint
 from gpt2kit.cli import main
 from gpt2kit.finetune import LoRA
@@ -76,10 +77,10 @@ def metrics(run_dir):
 @pytest.mark.parametrize("recipe,run", [("smoke", "chat-smoke"), ("topical-chat", "chat-topical")])
 def test_recipe_fine_tunes_the_base_into_a_chat_model(recipe, run, workdir):
     ckpt = read_checkpoint(workdir / "runs" / run / "checkpoints" / "last.ckpt")
-    assert ckpt["gpt2kit"]["chat_template"] == {"name": "role_tokens", "config": {}}
+    assert ckpt["gpt2kit"]["chat_template"] == RoleTokensTemplate().to_dict()
     assert ckpt["hyper_parameters"]["arch"]["vocab_size"] == 50257 + 4
     assert ckpt["state_dict"]["model.wte.weight"].shape == (50261, 32)
-    assert ckpt["gpt2kit"]["tokenizer"]["config"]["special_tokens"] == [
+    assert ckpt["gpt2kit"]["tokenizer"]["init_args"]["special_tokens"] == [
         "<|endoftext|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>",
     ]  # fmt: skip
     assert metrics(workdir / "runs" / run)[-1]["step"] == "2"  # validated at the last of 3 steps
@@ -217,7 +218,7 @@ def test_lora_adapters_only_and_resume_keep_the_grown_vocabulary(char_base, tmp_
     assert ckpt["gpt2kit"]["adapters_only"] and "model.wte.weight" in ckpt["state_dict"]  # new rows kept
     loaded = load_module(tmp_path / "lora.ckpt")
     assert torch.equal(loaded.model.wte.weight, first.model.wte.weight)
-    assert loaded.chat_template == {"name": "role_tokens", "config": {}}
+    assert loaded.chat_template == RoleTokensTemplate().to_dict()
     resumed, t = module(), trainer(2)
     t.fit(resumed, data(), ckpt_path=tmp_path / "lora.ckpt")  # --ckpt_path: growth, then the run's own state
     assert t.global_step == 2 and resumed.tokenizer.token_id("<|end|>") is not None

@@ -71,10 +71,6 @@ def test_list_shows_every_kind():
     "args,expected",
     [
         (["--model.attention", "CausalSelfAtention"], "unknown attention 'CausalSelfAtention': did you mean"),
-        (
-            ["--model.attention", "sliding_window"],
-            "take the class name: SlidingWindowAttention (or class_path",
-        ),
         (["--model.arch.n_head", "3"], "n_embd=128 is not divisible by n_head=3"),
         (["--model.optim.lrr", "1"], "lrr"),
     ],

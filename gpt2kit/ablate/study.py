@@ -33,6 +33,7 @@ from typing import Any
 import yaml
 
 from gpt2kit.errors import GPT2KitError, user_error
+from gpt2kit.spec import describe
 
 KEYS = ("name", "base", "out_dir", "seeds", "overrides", "variants", "grid", "baseline", "plugins", "metric")
 SEED_KEYS = ("seed_everything", "data.init_args.seed")
@@ -225,12 +226,7 @@ def _short_keys(keys: list[str]) -> dict[str, str]:
 
 def value_label(value: Any) -> str:
     """A short label for an override value: ``RotaryPosition``, ``SlidingWindowAttention(window=16)``, ``0.003``."""
-    if isinstance(value, dict) and "class_path" in value:
-        args = ", ".join(f"{k}={value_label(v)}" for k, v in (value.get("init_args") or {}).items())
-        return f"{value_label(value['class_path'])}({args})" if args else value_label(value["class_path"])
-    if isinstance(value, str) and re.fullmatch(r"[\w]+(\.[\w]+)+", value) and value[0].isalpha():
-        return value.rsplit(".", 1)[-1]  # a class path
-    return json.dumps(value) if isinstance(value, dict | list) else str(value)
+    return describe(value)
 
 
 def _arg(key: str, value: Any) -> str:

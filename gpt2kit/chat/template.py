@@ -29,6 +29,7 @@ from typing import Any
 
 from gpt2kit.errors import GPT2KitError
 from gpt2kit.registry import add_kind
+from gpt2kit.spec import CLASS_PATH, INIT_ARGS, build_instance, class_path, instance_spec
 from gpt2kit.tokenizers import Tokenizer
 
 ROLES = ("system", "user", "assistant")
@@ -112,21 +113,29 @@ class ChatTemplate:
     # -- serialisation: stored in checkpoints, so that `chat` renders prompts as training did ---------
     @property
     def name(self) -> str:
-        return CHAT_TEMPLATE.entry(type(self).__name__).name
+        """The registered name (``role_tokens``, ``chatml`` ...), or the class name if unregistered."""
+        entry = CHAT_TEMPLATE.lookup(class_path(type(self)))
+        return entry.name if entry is not None else type(self).__name__
 
     def config(self) -> dict[str, Any]:
         """The constructor arguments."""
         return {}
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "config": self.config()}
+        """``{"class_path", "init_args"}``: stored like every other component (see :mod:`gpt2kit.spec`)."""
+        return instance_spec(self, self.config())
+
+    def spec(self) -> dict[str, Any]:
+        """The same as :meth:`to_dict`: what :func:`gpt2kit.spec.spec_of` records for an instance."""
+        return self.to_dict()
 
     @staticmethod
     def from_dict(data: dict[str, Any]) -> ChatTemplate:
-        try:
-            return CHAT_TEMPLATE.get(data["name"])(**data.get("config", {}))
-        except (KeyError, TypeError) as exc:
-            raise GPT2KitError(f"cannot rebuild chat template from {data!r}: {exc}") from None
+        """Rebuild a saved template (only subclasses of :class:`ChatTemplate`); reads the older
+        ``{name, config}`` form of checkpoints written before class paths too."""
+        if isinstance(data, dict) and CLASS_PATH not in data and "name" in data:
+            data = {CLASS_PATH: data["name"], INIT_ARGS: data.get("config", {})}
+        return build_instance(data, ChatTemplate, "chat template")
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, ChatTemplate) and self.to_dict() == other.to_dict()

@@ -7,15 +7,14 @@ weight, so freezing the embeddings freezes the head's output projection too (see
 
 from __future__ import annotations
 
-import inspect
 import re
-import sys
 from typing import TYPE_CHECKING, Any
 
 from torch import Tensor, nn
 
 from gpt2kit.errors import GPT2KitError
 from gpt2kit.registry import add_kind
+from gpt2kit.spec import init_args_from_attributes, instance_spec
 
 if TYPE_CHECKING:
     from gpt2kit.model import GPT
@@ -118,16 +117,7 @@ class FreezePolicy:
 
     def spec(self) -> dict[str, Any]:
         """``{"class_path": ..., "init_args": ...}``: how a checkpoint records this policy."""
-        cls = type(self)
-        params = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
-        module = cls.__module__
-        parent = module.rpartition(".")[0]
-        if parent and getattr(sys.modules.get(parent), cls.__qualname__, None) is cls:
-            module = parent  # the public path (gpt2kit.finetune.LastNBlocks), as jsonargparse writes it
-        return {
-            "class_path": f"{module}.{cls.__qualname__}",
-            "init_args": {p: getattr(self, p) for p in params},
-        }
+        return instance_spec(self, init_args_from_attributes(self))
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.spec()["init_args"].items())

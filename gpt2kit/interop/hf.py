@@ -24,6 +24,7 @@ tokenizer), so ``generate``, ``validate --ckpt_path`` and ``model.init_from`` ac
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
@@ -37,7 +38,8 @@ from torch import Tensor
 from gpt2kit.config import GPTConfig
 from gpt2kit.errors import GPT2KitError
 from gpt2kit.lit import GPTLitModule
-from gpt2kit.nn import CausalSelfAttention, GeluMLP, LayerNorm, LearnedPosition, TiedLMHead
+from gpt2kit.model import GPT2, SLOTS
+from gpt2kit.nn import LayerNorm
 from gpt2kit.tokenizers import HFTokenizer, Tokenizer
 
 log = logging.getLogger(__name__)
@@ -173,14 +175,12 @@ def import_hf(hf_dir: str | Path, out: str | Path, tokenizer: str | Path | None 
 
     hf, weights = read_hf_dir(hf_dir)
     arch, expansion, eps = gpt_config(hf)
-    module = GPTLitModule(
-        arch,
-        attention=CausalSelfAttention,
-        position=LearnedPosition,
-        norm=functools.partial(LayerNorm, bias=True, eps=eps),
-        mlp=functools.partial(GeluMLP, expansion=expansion),
-        head=TiedLMHead,
+    parts = dataclasses.replace(
+        GPT2,
+        norm=functools.partial(GPT2.norm, bias=True, eps=eps),
+        mlp=functools.partial(GPT2.mlp, expansion=expansion),
     )
+    module = GPTLitModule(arch, **parts.as_dict())
     load_weights(module, state_from_hf(weights), source=str(hf_dir))
     if tokenizer is not None:
         path = Path(tokenizer)
@@ -206,14 +206,8 @@ def import_hf(hf_dir: str | Path, out: str | Path, tokenizer: str | Path | None 
 def _check_gpt2(module: GPTLitModule) -> float:
     """The LayerNorm epsilon, after checking that the model is a plain GPT-2 (what the layout can hold)."""
     model = module.model
-    parts = {
-        "attention": (model.blocks[0].attn, CausalSelfAttention),
-        "position": (model.position, LearnedPosition),
-        "norm": (model.ln_f, LayerNorm),
-        "mlp": (model.blocks[0].mlp, GeluMLP),
-        "head": (model.head, TiedLMHead),
-    }
-    for slot, (part, cls) in parts.items():
+    for slot in SLOTS:
+        part, cls = model.component(slot), getattr(GPT2, slot)
         if type(part) is not cls:
             raise GPT2KitError(
                 f"{slot} is {type(part).__name__}; the Hugging Face GPT-2 layout holds only {cls.__name__}: "

@@ -1,7 +1,8 @@
 """Building blocks: one base class per kind of component, plus the built-in variants.
 
-Every class listed here can be named by its short class name in a recipe (``attention:
-SlidingWindowAttention``); ``python -m gpt2kit list`` shows them with their registry names.
+Every class listed here can be named in a recipe by its registered name or its class name
+(``attention: sliding_window`` or ``attention: SlidingWindowAttention``); ``python -m gpt2kit list``
+shows both. GPT-2's choice for each slot is :data:`gpt2kit.model.GPT2`.
 """
 
 from gpt2kit.nn.attention import (

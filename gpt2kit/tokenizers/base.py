@@ -1,4 +1,4 @@
-"""The tokenizer interface. Every tokenizer can be saved as JSON and rebuilt from it by name.
+"""The tokenizer interface. Every tokenizer is saved as JSON (class path, arguments, vocabulary) and rebuilt from it.
 
 A tokenizer is *trained* on the corpus while the data is prepared (char: the alphabet; BPE: the
 merges) or comes pretrained (gpt2), then saved next to the token shards and inside every checkpoint,
@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 from gpt2kit.errors import GPT2KitError
 from gpt2kit.registry import add_kind
+from gpt2kit.spec import CLASS_PATH, INIT_ARGS, STATE, build_instance, class_path, instance_spec
 
 EOT = "<|endoftext|>"
 
@@ -159,24 +160,33 @@ class Tokenizer:
     # -- serialisation -------------------------------------------------------------------------------
     @property
     def name(self) -> str:
-        return TOKENIZER.entry(type(self).__name__).name
+        """The registered name (``char``, ``bpe`` ...), or the class name of an unregistered subclass."""
+        entry = TOKENIZER.lookup(class_path(type(self)))
+        return entry.name if entry is not None else type(self).__name__
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "config": self.config(), "state": self.state()}
+        """``{"class_path", "init_args", "state"}``: stored like every other component (see :mod:`gpt2kit.spec`)."""
+        return instance_spec(self, self.config(), state=self.state())
+
+    def spec(self) -> dict[str, Any]:
+        """The same as :meth:`to_dict`: what :func:`gpt2kit.spec.spec_of` records for an instance."""
+        return self.to_dict()
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), ensure_ascii=False, sort_keys=True)
 
     @staticmethod
     def from_dict(data: dict[str, Any]) -> Tokenizer:
-        """Rebuild a saved tokenizer; only registered classes are ever instantiated."""
-        try:
-            cls = TOKENIZER.get(data["name"])
-            tok = cls(**data.get("config", {}))
-        except (KeyError, TypeError) as exc:
-            raise GPT2KitError(f"cannot rebuild tokenizer from {str(data)[:80]}...: {exc}") from exc
-        tok.load_state(data.get("state", {}))
-        return tok
+        """Rebuild a saved tokenizer; only subclasses of :class:`Tokenizer` are ever instantiated.
+
+        Reads the ``{class_path, init_args, state}`` form, and the ``{name, config, state}`` form that
+        checkpoints and prepared data written before it hold (the name is looked up in the registry).
+        """
+        if not isinstance(data, dict):
+            raise GPT2KitError(f"cannot rebuild a tokenizer from {str(data)[:80]}: expected a mapping")
+        if CLASS_PATH not in data and "name" in data:  # the format before class paths
+            data = {CLASS_PATH: data["name"], INIT_ARGS: data.get("config", {}), STATE: data.get("state", {})}
+        return build_instance(data, Tokenizer, "tokenizer")
 
     @staticmethod
     def from_json(text: str) -> Tokenizer:
