@@ -90,8 +90,13 @@ class Document:
         return cls(cut_pieces([text]), len(text.encode("utf-8")))
 
 
-def read_utf8(path: Path, chunk: int = 1 << 22) -> Iterator[str]:
+READ_CHARS = 1 << 22
+"""Bytes read from a file at a time: the most of one file's text in memory at once."""
+
+
+def read_utf8(path: Path, chunk: int | None = None) -> Iterator[str]:
     """Stream a file's text in chunks; a byte that is not UTF-8 is an error naming file and offset."""
+    chunk = chunk or READ_CHARS
     decoder = codecs.getincrementaldecoder("utf-8")(errors="strict")
     offset = 0
     with open(path, "rb") as f:
