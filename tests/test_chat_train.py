@@ -20,9 +20,9 @@ from conftest import RECIPES, cwd
 from gpt2kit import GPT2KitError, GPTConfig
 from gpt2kit.callbacks import load_init_weights
 from gpt2kit.chat import ChatDataModule
-from gpt2kit.data.chat import IGNORE_INDEX
 from gpt2kit.checkpoint import load_module, read_checkpoint, save_checkpoint
 from gpt2kit.cli import main
+from gpt2kit.data.chat import IGNORE_INDEX
 from gpt2kit.finetune import LoRA
 from gpt2kit.lit import GPTLitModule, OptimConfig
 from gpt2kit.nn import LayerNorm, UntiedLMHead

@@ -350,18 +350,18 @@ class Source:
         holds, called, corpus_word, module = _KIND_WORDS[cls.kind]
         if spec in CORPORA:
             corpus = CORPORA[spec]
-            reader = READERS.get(corpus.reader)
-            if reader is None:
+            found = READERS.get(corpus.reader)
+            if found is None:
                 raise GPT2KitError(f"corpus '{spec}' holds no text to train on ({corpus.description})")
-            if reader.kind != cls.kind:
-                other_holds, _, _, other_module = _KIND_WORDS[reader.kind]
+            if found.kind != cls.kind:
+                other_holds, _, _, other_module = _KIND_WORDS[found.kind]
                 raise GPT2KitError(
                     f"corpus '{spec}' holds {other_holds}, not {holds}: read it with {other_module}, or give "
                     f"{module} {corpus_word} ({', '.join(corpora(cls.kind))}) or files of {formats(cls.kind)}"
                 )
             root = fetch_corpus(spec)
             files = [root / f.path for f in corpus.files]
-            return cls(spec, files, [reader] * len(files), spec, options)
+            return cls(spec, files, [found] * len(files), spec, options)
         path = Path(spec).expanduser()
         if path.is_dir():  # a folder: every file a reader of this kind can read (hidden ones aside)
             paths = sorted(
@@ -388,14 +388,14 @@ class Source:
 
     def read(self) -> Iterator[Any]:
         """Everything the files hold, file after file (in sorted order), as their readers yield it."""
-        for path, reader in zip(self.files, self.readers, strict=True):
-            yield from reader.read(path, self.options)
+        for path, file_reader in zip(self.files, self.readers, strict=True):
+            yield from file_reader.read(path, self.options)
 
     def fingerprint(self) -> str:
         """sha256 over the files' contents and how they are read: changes whenever the data could."""
         h = hashlib.sha256(repr(self.options).encode())
-        for path, reader in zip(self.files, self.readers, strict=True):
-            h.update(f"{path.name}:{reader.name}:{sha256_file(path)}".encode())
+        for path, file_reader in zip(self.files, self.readers, strict=True):
+            h.update(f"{path.name}:{file_reader.name}:{sha256_file(path)}".encode())
         return h.hexdigest()
 
 
