@@ -28,10 +28,10 @@ from gpt2kit.chat import (
     read_chatterbot,
     read_topical_chat,
 )
-from gpt2kit.chat.data import IGNORE_INDEX, ChatCollate, pack
 from gpt2kit.chat.template import CHAT_TEMPLATE
 from gpt2kit.cli import main
 from gpt2kit.data import fetch_corpus
+from gpt2kit.data.chat import IGNORE_INDEX, ChatCollate, pack
 from gpt2kit.registry import registry
 from gpt2kit.tokenizers import CharTokenizer, GPT2Tokenizer
 
@@ -290,7 +290,7 @@ def test_skipped_bad_rows_are_reported_and_counted(tmp_path, caplog):
 
 def test_a_plain_text_corpus_is_not_chat_data_and_vice_versa(tmp_path):
     with pytest.raises(
-        GPT2KitError, match="holds plain text, not conversations: train on it with TextDataModule"
+        GPT2KitError, match="holds plain text, not conversations: read it with TextDataModule"
     ):
         ChatDataModule("tinyshakespeare", CharTokenizer()).prepared()
     from gpt2kit.data import TextDataModule
@@ -360,7 +360,7 @@ def test_prepared_once_split_by_conversation_and_reused(topical, caplog):
     assert (
         again.prepared().path == prepared.path and (prepared.path / "train.bin").stat().st_mtime_ns == mtime
     )
-    assert "reusing prepared chat data" in caplog.text
+    assert "reusing prepared data" in caplog.text
     other = ChatDataModule(
         "topical-chat", GPT2Tokenizer(), block_size=96, max_conversations=30, cache=str(topical.cache)
     )
@@ -368,7 +368,7 @@ def test_prepared_once_split_by_conversation_and_reused(topical, caplog):
 
 
 def test_preparation_that_fails_midway_leaves_nothing(tmp_path, monkeypatch):
-    import gpt2kit.chat.data as chat_data
+    import gpt2kit.data.chat as chat_data
 
     path = tmp_path / "chats.jsonl"
     path.write_text("\n".join([GOOD_LINE] * 30))
@@ -421,7 +421,7 @@ def test_batches_learn_assistant_tokens_only_and_packing_keeps_the_mask(topical)
         batch = ChatCollate(0)([dataset[i] for i in items])[1]
         return batch[batch != IGNORE_INDEX].tolist()
 
-    from gpt2kit.chat.data import ChatDataset
+    from gpt2kit.data.chat import ChatDataset
 
     offsets, groups = prepared.offsets("train"), prepared.groups("train")
     windows = pack(np.diff(offsets), groups, window=65, seed=0)

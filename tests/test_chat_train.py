@@ -19,10 +19,10 @@ from conftest import RECIPES, cwd
 
 from gpt2kit import GPT2KitError, GPTConfig
 from gpt2kit.chat import ChatDataModule
-from gpt2kit.chat.data import IGNORE_INDEX
 from gpt2kit.chat.template import RoleTokensTemplate
 from gpt2kit.checkpoint import load_module, read_checkpoint, save_checkpoint
 from gpt2kit.cli import main
+from gpt2kit.data.chat import IGNORE_INDEX
 from gpt2kit.finetune import LoRA
 from gpt2kit.lit import GPTLitModule, OptimConfig
 from gpt2kit.nn import LayerNorm, UntiedLMHead

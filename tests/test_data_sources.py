@@ -10,7 +10,9 @@ import pytest
 
 from gpt2kit import GPT2KitError
 from gpt2kit.data import TextSource, fetch_corpus, prepare
+from gpt2kit.data import readers as readers_mod
 from gpt2kit.data import sources as sources_mod
+from gpt2kit.data import text as text_mod
 from gpt2kit.tokenizers import EOT, ByteLevelBPETokenizer, CharTokenizer, GPT2Tokenizer
 
 prepare_mod = importlib.import_module("gpt2kit.data.prepare")  # (gpt2kit.data.prepare is also the function)
@@ -24,8 +26,8 @@ def gpt2():
 @pytest.fixture
 def small_pieces(monkeypatch):
     """Force many pieces and many batches, so that every seam is exercised on small texts."""
-    monkeypatch.setattr(sources_mod, "PIECE_CHARS", 40)
-    monkeypatch.setattr(prepare_mod, "BATCH_CHARS", 100)
+    monkeypatch.setattr(readers_mod, "PIECE_CHARS", 40)
+    monkeypatch.setattr(text_mod, "BATCH_CHARS", 100)
 
 
 def _jsonl(path, texts, field="text"):
@@ -86,6 +88,7 @@ def test_few_documents_each_give_their_tail(tmp_path):
     tok = CharTokenizer(special_tokens=[EOT])
     p = prepare(TextSource.resolve(str(tmp_path / "books")), tok, tmp_path / "out")
     texts = [(tmp_path / "books" / f"{i}.txt").read_text() for i in range(3)]
+    tok = p.tokenizer  # the trained copy (the tokenizer passed in stays untrained)
     assert p.tokens("train").tolist() == _joined(tok, [t[: int(len(t) * 0.9)] for t in texts])
     assert p.tokens("val").tolist() == _joined(tok, [t[int(len(t) * 0.9) :] for t in texts])
 
@@ -156,42 +159,42 @@ def test_empty_corpora_are_refused_before_training(tmp_path):
 def test_preparation_that_fails_midway_leaves_nothing(tmp_path, monkeypatch, small_pieces):
     corpus = tmp_path / "c.txt"
     corpus.write_text("some text to tokenize\n" * 40)
-    tok = CharTokenizer()
-    calls = []
+    append, calls = text_mod._Shard.append, []
 
-    def failing(texts, **kwargs):
+    def failing(shard, ids):
         calls.append(1)
         if len(calls) == 2:
             raise RuntimeError("disk full")
-        return [tok.encode(t) for t in texts]
+        append(shard, ids)
 
-    monkeypatch.setattr(tok, "encode_batch", failing)
+    monkeypatch.setattr(text_mod._Shard, "append", failing)
     with pytest.raises(RuntimeError, match="disk full"):
-        prepare(TextSource.resolve(str(corpus)), tok, tmp_path / "out")
+        prepare(TextSource.resolve(str(corpus)), CharTokenizer(), tmp_path / "out")
+    assert len(calls) == 2  # it did fail half-way through the shards
     assert not [p for p in (tmp_path / "out").rglob("*") if p.is_file()]  # no shard, no temporary folder
     monkeypatch.undo()
     good = prepare(TextSource.resolve(str(corpus)), CharTokenizer(), tmp_path / "out")
     assert len(good.tokens("train")) + len(good.tokens("val")) == len(corpus.read_text())
 
 
-def test_killed_preparation_is_redone_not_reused(tmp_path, small_pieces):
+def test_killed_preparation_is_redone_not_reused(tmp_path, monkeypatch, small_pieces):
     corpus = tmp_path / "c.txt"
     corpus.write_text("text that a killed run was preparing\n" * 100)
     cache = tmp_path / "out"
-    tok = CharTokenizer()
-    encode_batch, calls = tok.encode_batch, []
+    append, calls = text_mod._Shard.append, []
 
-    def dying(texts, **kwargs):
+    def dying(shard, ids):
         calls.append(1)
         if len(calls) == 3:  # half-way through the shards: killed, so no cleanup code runs
+            shard.file.flush()
             os.kill(os.getpid(), signal.SIGKILL)
-        return encode_batch(texts, **kwargs)
+        append(shard, ids)
 
-    tok.encode_batch = dying
     pid = os.fork()  # a real process to kill, without the start-up cost of a new interpreter
     if pid == 0:
         try:
-            prepare(TextSource.resolve(str(corpus)), tok, cache)
+            monkeypatch.setattr(text_mod._Shard, "append", dying)
+            prepare(TextSource.resolve(str(corpus)), CharTokenizer(), cache)
         finally:
             os._exit(1)  # only reached if the kill did not happen
     _, status = os.waitpid(pid, 0)

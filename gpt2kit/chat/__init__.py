@@ -1,10 +1,16 @@
-"""Chat: conversations, chat templates, assistant-only fine-tuning data, and the multi-turn REPL.
+"""Chat: conversations, chat templates, chat sessions and the multi-turn REPL.
 
 Read in this order: ``template.py`` (how a conversation becomes tokens, and which are learned) →
-``conversations.py`` (the chat JSONL format, Topical-Chat and ChatterBot) → ``data.py`` (samples,
-truncation, masks, ChatDataModule) → ``session.py`` (history, context, KV cache across turns) →
-``repl.py`` (``python -m gpt2kit chat``).
+``conversations.py`` (the chat JSONL format, Topical-Chat and ChatterBot) → ``gpt2kit/data/chat.py``
+(samples, truncation, masks, ChatDataModule) → ``session.py`` (history, context, KV cache across
+turns) → ``repl.py`` (``python -m gpt2kit chat``).
+
+``template.py`` and ``conversations.py`` are pure format code that the data layer reads; the names of
+the higher layers (ChatSession, and ChatDataModule from gpt2kit.data) are imported on first use, so
+that importing the formats never imports decoding or the data pipeline.
 """
+
+from typing import Any
 
 from gpt2kit.chat.conversations import (
     BadRow,
@@ -13,8 +19,6 @@ from gpt2kit.chat.conversations import (
     read_chatterbot,
     read_topical_chat,
 )
-from gpt2kit.chat.data import ChatDataModule, build_sample
-from gpt2kit.chat.session import ChatSession
 from gpt2kit.chat.template import (
     CHAT_TEMPLATE,
     ROLES,
@@ -46,3 +50,15 @@ __all__ = [
     "read_chatterbot",
     "read_topical_chat",
 ]
+
+
+def __getattr__(name: str) -> Any:  # PEP 562: the higher layers, on first use
+    if name == "ChatSession":
+        from gpt2kit.chat.session import ChatSession
+
+        return ChatSession
+    if name in ("ChatDataModule", "build_sample"):
+        import gpt2kit.data.chat
+
+        return getattr(gpt2kit.data.chat, name)
+    raise AttributeError(f"module 'gpt2kit.chat' has no attribute {name!r}")

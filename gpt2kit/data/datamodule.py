@@ -1,6 +1,12 @@
-"""The pretraining DataModule: prepared token shards served as (input, target) windows.
+"""The DataModules: what every shard-backed one shares (:class:`ShardDataModule`), and pretraining text.
 
-Training samples random windows, as nanoGPT does, from a stateless sampler that resumes mid-epoch
+:class:`ShardDataModule` owns preparation — it resolves ``source``, prepares it once with the shared
+pipeline (:func:`gpt2kit.data.prepare.prepare_shards`) and holds ``prepared``, ``tokenizer`` and
+``vocab_size`` — and the loaders' plumbing. A subclass gives only its sample format: the
+:class:`~gpt2kit.data.prepare.ShardFormat` that writes its shards, and how its loaders cut and batch
+samples (:class:`TextDataModule` here; :class:`~gpt2kit.data.chat.ChatDataModule` for chat).
+
+For text, training samples random windows, as nanoGPT does, from a stateless sampler that resumes mid-epoch
 and shards across ranks (:mod:`gpt2kit.data.sampler`); validation uses a fixed, evenly spaced set of
 windows, so a validation loss is comparable across runs and checkpoints, and covered once in total
 however many ranks share it.
@@ -17,9 +23,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from gpt2kit.data.prepare import Prepared, prepare
+from gpt2kit.data.cache import PreparedFolder
+from gpt2kit.data.prepare import ShardFormat, prepare_shards
+from gpt2kit.data.readers import ReadOptions, Source, TextSource
 from gpt2kit.data.sampler import PAD, EvalSampler, RandomWindowSampler, ResumableDataLoader
-from gpt2kit.data.sources import TextSource, cache_dir
+from gpt2kit.data.sources import cache_dir
+from gpt2kit.data.text import TextShards
 from gpt2kit.errors import GPT2KitError
 from gpt2kit.tokenizers import CharTokenizer, Tokenizer
 
@@ -56,13 +65,18 @@ class WindowDataset(Dataset):
 
 
 class ShardDataModule(L.LightningDataModule):
-    """What the shard-backed DataModules share: settings, ranks, loaders, and a resumable training loader.
+    """What the shard-backed DataModules share: preparation, its tokenizer, settings, ranks and loaders.
 
-    Subclasses may give batches a ``collate_fn``.
+    Subclasses give their sample format — :attr:`source_class` (which readers), :meth:`sample_format`
+    (how documents become shards) — and their loaders; they may give batches a ``collate_fn``.
     """
+
+    source_class: type[Source] = TextSource
+    """How ``source`` is resolved: TextSource (documents) or ChatSource (conversations)."""
 
     def __init__(
         self,
+        source: str | list[str],
         tokenizer: Tokenizer,
         block_size: int,
         batch_size: int,
@@ -76,13 +90,60 @@ class ShardDataModule(L.LightningDataModule):
         super().__init__()
         if block_size <= 0 or batch_size <= 0:
             raise GPT2KitError(f"block_size={block_size} and batch_size={batch_size} must be positive")
-        self._tokenizer = tokenizer
+        self.source = [source] if isinstance(source, str) else list(source)
+        if not self.source:
+            raise GPT2KitError("source is an empty list: name at least one corpus or file")
+        self._tokenizer = tokenizer  # as the recipe gave it; never changed (preparation trains a copy)
         self.block_size = block_size
         self.batch_size = batch_size
         self.val_fraction = val_fraction
         self.num_workers = num_workers
         self.seed = seed
         self.cache = Path(cache).expanduser() if cache else cache_dir() / cache_name
+        self._prepared: PreparedFolder | None = None
+
+    # -- the sample format: what subclasses give -----------------------------------------------------------
+    def sample_format(self) -> ShardFormat:
+        """How this DataModule's documents become shards."""
+        raise NotImplementedError
+
+    def read_options(self) -> ReadOptions:
+        """Settings for the readers of ``source`` (a JSON field, the assistant of a two-agent corpus)."""
+        return ReadOptions()
+
+    # -- preparation ---------------------------------------------------------------------------------------
+    def prepare_data(self) -> None:
+        self.prepared()
+
+    def sources(self) -> list[Source]:
+        """``source`` resolved into files and their readers."""
+        options = self.read_options()
+        return [self.source_class.from_spec(spec, options) for spec in self.source]
+
+    def prepared(self, progress: bool | None = None) -> Any:
+        """The prepared data, preparing it first if needed (idempotent; cheap when cached).
+
+        ``progress``: progress bars on stderr; None shows them when stderr is a terminal.
+        """
+        if self._prepared is None:
+            self._prepared = prepare_shards(
+                self.sample_format(), self.sources(), self._tokenizer, self.cache, self.val_fraction, progress
+            )
+        return self._prepared
+
+    def summary(self) -> str:
+        """One line on the prepared data (what ``python -m gpt2kit prepare`` prints)."""
+        prepared = self.prepared()
+        return f"{prepared.path}: {self.sample_format().summary(prepared.meta)}"
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        """The tokenizer the data was prepared with (trained, extended): the model's vocabulary."""
+        return self.prepared().tokenizer
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tokenizer.vocab_size
 
     def _ranks(self) -> tuple[int, int]:
         """(world size, this process's rank): how many share the data, and which share is this one's."""
@@ -128,7 +189,7 @@ class TextDataModule(ShardDataModule):
 
     def __init__(
         self,
-        source: str = "tinyshakespeare",
+        source: str | list[str] = "tinyshakespeare",
         tokenizer: Tokenizer | None = None,
         block_size: int = 64,
         batch_size: int = 12,
@@ -142,9 +203,10 @@ class TextDataModule(ShardDataModule):
         """
         Args:
             source: a named corpus (tinyshakespeare, gutenberg-english, chinese-poetry, ...) or a file, folder
-                or glob of UTF-8 text files (each one document) and JSON-lines files (``*.jsonl``, one
-                document per line).
-            tokenizer: the tokenizer to train on the corpus or use as is (default: char).
+                or glob of UTF-8 text files (each one document), JSON-lines files (``*.jsonl``, one
+                document per line) and Parquet files (``*.parquet``, one document per row); or a list of these.
+            tokenizer: the tokenizer to train on the corpus or use as is (default: char). It is not changed:
+                an untrained one is copied and the copy trained (see ``tokenizer`` after preparation).
             block_size: tokens per training window; recipes link it to model.arch.block_size.
             batch_size: windows per batch (per device).
             val_fraction: share held out for validation: every 1/val_fraction-th document, or the end of
@@ -153,38 +215,20 @@ class TextDataModule(ShardDataModule):
             num_workers: DataLoader worker processes.
             seed: seed of the random training windows (a pure function of seed, epoch and sample index).
             cache: folder for prepared shards (default: $GPT2KIT_CACHE/prepared).
-            field: the key of each JSON line that holds its text (``*.jsonl`` sources).
+            field: the key of each JSON line (``*.jsonl``) or the column (``*.parquet``) that holds its text.
         """
         tokenizer = tokenizer if tokenizer is not None else CharTokenizer()
         super().__init__(
-            tokenizer, block_size, batch_size, val_fraction, num_workers, seed, cache, "prepared"
+            source, tokenizer, block_size, batch_size, val_fraction, num_workers, seed, cache, "prepared"
         )
-        self.source = source
         self.val_max_windows = val_max_windows
         self.field = field
-        self._prepared: Prepared | None = None
 
-    # -- preparation ----------------------------------------------------------------------------------
-    def prepare_data(self) -> None:
-        self.prepared()
+    def sample_format(self) -> TextShards:
+        return TextShards()
 
-    def prepared(self, progress: bool | None = None) -> Prepared:
-        """The prepared shards, preparing them first if needed (idempotent, cheap when cached).
-
-        ``progress``: progress bars on stderr; None shows them when stderr is a terminal.
-        """
-        if self._prepared is None:
-            source = TextSource.resolve(self.source, self.field)
-            self._prepared = prepare(source, self._tokenizer, self.cache, self.val_fraction, progress)
-        return self._prepared
-
-    @property
-    def tokenizer(self) -> Tokenizer:
-        return self.prepared().tokenizer
-
-    @property
-    def vocab_size(self) -> int:
-        return self.tokenizer.vocab_size
+    def read_options(self) -> ReadOptions:
+        return ReadOptions(field=self.field)
 
     @property
     def val_bytes_per_token(self) -> float:

@@ -1,31 +1,25 @@
-"""Where text comes from: named corpora (downloaded once, checked by sha256) and local files.
+"""Named corpora: downloaded once, checked by sha256, found through $GPT2KIT_DATA or the cache.
 
 A named corpus is looked for, in order, under ``$GPT2KIT_DATA/<name>/`` (a folder that already holds
 copies, e.g. ``../shared/data`` in CI), then in the cache (``$GPT2KIT_CACHE``, default
 ``~/.cache/gpt2kit``), and is downloaded into the cache only if it is in neither. Every file is checked
 against its sha256 before use; a download that does not match is deleted and refused.
 
-A source yields :class:`Document` s. A document's text comes in pieces, so that a single huge file is
-read in chunks rather than whole: pieces are cut only before a line break that is followed by a
-non-space character, where GPT-2's pre-tokenization (and a character tokenizer) always splits anyway,
-so tokenizing the pieces gives exactly the ids of tokenizing the whole text.
+Each corpus names the reader of its files (:data:`gpt2kit.data.readers.READERS`); how a DataModule's
+``source`` — a corpus, file, folder or glob — becomes files and readers is
+:class:`gpt2kit.data.readers.Source`. This module imports nothing else of gpt2kit's, so that the
+tokenizers may fetch their vocabulary files (``gpt2-bpe``) from it.
 """
 
 from __future__ import annotations
 
-import codecs
-import glob
 import hashlib
-import json
 import logging
 import os
-import re
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from gpt2kit.errors import GPT2KitError
 
@@ -58,7 +52,7 @@ class Corpus:
     description: str
     files: tuple[RemoteFile, ...]
     reader: str = "text"
-    """How a file becomes documents: a key of :data:`READERS`."""
+    """How its files are read: a key of :data:`gpt2kit.data.readers.READERS` ("none": not data)."""
 
 
 _GH = "https://raw.githubusercontent.com"
@@ -92,9 +86,6 @@ _CHATTERBOT_FILES = {  # chatterbot_corpus/data/english/<name>.yml: sha256
     "tech_support": "8a87cdf32579c8efdd9c5f3ef166ae9fb76dcf271b958f5e2265b9246b430655",
     "trivia": "3a9de77e6d82803d1ea3eba48cf6543c884908f4c4f50501fed69f88112994dc",
 }
-
-CHAT_READERS = ("topical-chat", "chatterbot")
-"""Readers of dialogue corpora: their files hold conversations, read by :mod:`gpt2kit.chat`."""
 
 
 def _poetry(name: str, upstream: str, sha: str) -> RemoteFile:
@@ -314,200 +305,3 @@ def fetch_corpus(name: str) -> Path:
             (merged / path).unlink(missing_ok=True)
             (merged / path).symlink_to((root / path).resolve())
     return merged
-
-
-# --- reading documents -------------------------------------------------------------------------------
-
-PIECE_CHARS = 1 << 16
-"""A long text is cut into pieces of about this many characters (at the first safe place after it)."""
-
-_SAFE_CUT = re.compile(r"\n(?=\S)")
-"""Where a text may be cut: before a line break followed by a non-space character. No GPT-2 word spans
-it, and the whitespace before it splits the same whether the text ends there or goes on."""
-
-
-def cut_pieces(blocks: Iterable[str], size: int | None = None) -> Iterator[str]:
-    """Re-cut a stream of text blocks into pieces of about ``size`` (default :data:`PIECE_CHARS`)
-    characters, only at safe places. Text without a safe place (no line breaks) stays in one piece.
-    """
-    size = size or PIECE_CHARS
-    buffer = ""
-    for block in blocks:
-        buffer += block
-        start = 0
-        while (m := _SAFE_CUT.search(buffer, start + size)) is not None:
-            yield buffer[start : m.start()]
-            start = m.start()
-        buffer = buffer[start:]
-    if buffer:
-        yield buffer
-
-
-@dataclass
-class Document:
-    """One document: its text as pieces, in order, and its size in UTF-8 bytes (known before reading)."""
-
-    pieces: Iterable[str]
-    nbytes: int
-
-    @classmethod
-    def of(cls, text: str) -> Document:
-        return cls(cut_pieces([text]), len(text.encode("utf-8")))
-
-
-def read_utf8(path: Path, chunk: int = 1 << 22) -> Iterator[str]:
-    """Stream a file's text in chunks; a byte that is not UTF-8 is an error naming file and offset."""
-    decoder = codecs.getincrementaldecoder("utf-8")(errors="strict")
-    offset = 0
-    with open(path, "rb") as f:
-        while True:
-            block = f.read(chunk)
-            pending = decoder.getstate()[0]  # bytes of a character split across blocks
-            try:
-                text = decoder.decode(block, final=not block)
-            except UnicodeDecodeError as exc:
-                data = pending + block
-                raise GPT2KitError(
-                    f"{path} is not valid UTF-8: byte offset {offset - len(pending) + exc.start} "
-                    f"(0x{data[exc.start]:02x}) cannot be decoded; convert the file to UTF-8 (e.g. iconv -t UTF-8)"
-                ) from None
-            offset += len(block)
-            if text:
-                yield text
-            if not block:
-                return
-
-
-def read_text_file(path: Path) -> Iterator[Document]:
-    """A plain text file is one document, read in pieces (never whole)."""
-    yield Document(cut_pieces(read_utf8(path)), path.stat().st_size)
-
-
-def read_jsonl(path: Path, field: str = "text") -> Iterator[Document]:
-    """JSON lines: each line is an object whose ``field`` holds one document. Blank lines are skipped."""
-    offset = 0
-    with open(path, "rb") as f:
-        for number, raw in enumerate(f, start=1):
-            line_start, offset = offset, offset + len(raw)
-            if not raw.strip():
-                continue
-            try:
-                record = json.loads(raw.decode("utf-8"))
-            except UnicodeDecodeError as exc:
-                raise GPT2KitError(
-                    f"{path} is not valid UTF-8: byte offset {line_start + exc.start} (line {number}, "
-                    f"0x{raw[exc.start]:02x}) cannot be decoded; convert the file to UTF-8 (e.g. iconv -t UTF-8)"
-                ) from None
-            except ValueError as exc:
-                raise GPT2KitError(
-                    f"{path}:{number}: not valid JSON ({exc}); each line of a .jsonl file must be one JSON object"
-                ) from None
-            text = record.get(field) if isinstance(record, dict) else None
-            if not isinstance(text, str):
-                found = (
-                    f"keys: {', '.join(record)[:120]}" if isinstance(record, dict) else type(record).__name__
-                )
-                problem = "is not a string" if isinstance(record, dict) and field in record else "is missing"
-                raise GPT2KitError(
-                    f"{path}:{number}: the text field '{field}' {problem} ({found}); set data.init_args.field "
-                    "to the key that holds each line's text"
-                )
-            yield Document.of(text)
-
-
-def read_chinese_poetry(path: Path) -> Iterator[Document]:
-    """A chinese-poetry JSON file: each poem (or chapter of prose) is one document, its title line first
-    and then its lines (``paragraphs`` or ``content``), joined by line breaks."""
-    for title, lines in _poems(json.loads("".join(read_utf8(path)))):
-        yield Document.of("\n".join([title, *lines] if title else lines))
-
-
-def _poems(node: Any) -> Iterator[tuple[str, list[str]]]:
-    """Every object with a list of text lines, however deep (tangshisanbaishou.json nests them)."""
-    if isinstance(node, list):
-        for item in node:
-            yield from _poems(item)
-    elif isinstance(node, dict):
-        lines = node.get("paragraphs") or node.get("content")
-        if isinstance(lines, list) and lines and all(isinstance(line, str) for line in lines):
-            title = node.get("title") or node.get("rhythmic") or node.get("chapter") or ""
-            yield title, lines
-        elif isinstance(lines, list):
-            yield from _poems(lines)
-
-
-READERS: dict[str, Callable[[Path], Iterator[Document]]] = {
-    "text": read_text_file,
-    "jsonl": read_jsonl,
-    "chinese-poetry": read_chinese_poetry,
-}
-"""How a file becomes documents; ``auto`` (local files) picks ``jsonl`` for ``*.jsonl``, else ``text``."""
-
-
-@dataclass
-class TextSource:
-    """Documents from a named corpus or from local files (a path, a folder or a glob)."""
-
-    spec: str
-    """A corpus name (see CORPORA) or a path / folder / glob of UTF-8 text or JSON-lines files."""
-    files: list[Path] = field(default_factory=list)
-    reader: str = "auto"
-    """A key of :data:`READERS`, or "auto": by file suffix."""
-    name: str = ""
-    field: str = "text"
-    """The key holding the text in JSON-lines files."""
-
-    @classmethod
-    def resolve(cls, spec: str, field: str = "text") -> TextSource:
-        if spec in CORPORA:
-            corpus = CORPORA[spec]
-            if corpus.reader in CHAT_READERS:
-                raise GPT2KitError(
-                    f"corpus '{spec}' holds conversations, not plain text: read it with ChatDataModule "
-                    "(data.class_path: ChatDataModule, see recipes/chat/)"
-                )
-            if corpus.reader not in READERS:
-                raise GPT2KitError(f"corpus '{spec}' holds no text to train on ({corpus.description})")
-            root = fetch_corpus(spec)
-            files = [root / f.path for f in corpus.files]
-            return cls(spec, files, corpus.reader, spec, field)
-        path = Path(spec).expanduser()
-        if path.is_dir():
-            files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
-        elif any(ch in spec for ch in "*?["):
-            files = sorted(Path(p) for p in glob.glob(str(path), recursive=True) if Path(p).is_file())
-        else:
-            files = [path] if path.is_file() else []
-        if not files:
-            named = ", ".join(name for name, c in CORPORA.items() if c.reader in READERS)
-            raise GPT2KitError(
-                f"data source '{spec}' is neither a named corpus ({named}) nor an existing file, folder or "
-                "glob of text (.txt) or JSON-lines (.jsonl) files"
-            )
-        return cls(spec, files, "auto", path.stem or "data", field)
-
-    def read(self, path: Path) -> Iterator[Document]:
-        reader = self.reader
-        if reader == "auto":
-            reader = "jsonl" if path.suffix == ".jsonl" else "text"
-        if reader == "jsonl":
-            return read_jsonl(path, self.field)
-        return READERS[reader](path)
-
-    def documents(self) -> Iterator[Document]:
-        """Every non-empty document, in order (files in sorted order)."""
-        for path in self.files:
-            yield from (doc for doc in self.read(path) if doc.nbytes)
-
-    def texts(self) -> Iterator[str]:
-        """All the text, document after document, in pieces (to train a tokenizer on)."""
-        for doc in self.documents():
-            yield from doc.pieces
-
-    def fingerprint(self) -> str:
-        """sha256 over the files' contents (and how they are read): changes whenever the text could."""
-        h = hashlib.sha256(f"{self.reader}:{self.field}".encode())
-        for path in self.files:
-            h.update(path.name.encode())
-            h.update(sha256_file(path).encode())
-        return h.hexdigest()

@@ -1,8 +1,11 @@
 """Chat data for fine-tuning: conversations → token samples with a loss mask, prepared once.
 
-From conversation to training sample:
+The chat sample format of the shared preparation (:func:`gpt2kit.data.prepare.prepare_shards`):
+sources, the keyed cache, the tokenizer copy and ``tokenizer``/``vocab_size`` are the same as for
+text; what differs is below. From conversation to training sample:
 
-1. **Read** conversations (chat JSONL, Topical-Chat, ChatterBot; :mod:`gpt2kit.chat.conversations`).
+1. **Read** conversations (chat JSONL, Topical-Chat, ChatterBot: readers of kind ``chat`` in
+   :mod:`gpt2kit.data.readers`, the formats in :mod:`gpt2kit.chat.conversations`).
    A bad row stops preparation with its location, or with ``on_bad_row="skip"`` is left out and
    reported (logged, counted and listed in ``meta.json``).
 2. **Encode** each message as a turn with the chat template (:mod:`gpt2kit.chat.template`): ids, and a
@@ -16,7 +19,8 @@ From conversation to training sample:
    sample left with no learned token is dropped and counted.
 4. **Write** the samples of each split (whole conversations: every ``1/val_fraction``-th one goes to
    validation) as flat token and mask files plus sample offsets, atomically, under the cache; the
-   folder is reused while sources, tokenizer, template and window are unchanged.
+   folder is reused while sources, tokenizer, template and window are unchanged. The tokenizer
+   given is copied before it is trained or given the template's special tokens.
 
 Serving: a batch holds whole samples, right-padded to its longest one (``pad_to_block``: to
 ``block_size``), with target ``IGNORE_INDEX`` (-100) wherever the mask is False or on padding — so the
@@ -28,14 +32,9 @@ documents do in pretraining; validation is never packed, so its loss compares ac
 
 from __future__ import annotations
 
-import copy
-import glob
-import hashlib
 import itertools
-import json
 import logging
-import shutil
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -45,36 +44,21 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from gpt2kit.chat.conversations import (
-    BadRow,
-    Conversation,
-    DialogueRoles,
-    Row,
-    read_chat_jsonl,
-    read_chatterbot,
-    read_topical_chat,
-)
+from gpt2kit.chat.conversations import BadRow, Conversation, DialogueRoles
 from gpt2kit.chat.template import ChatEncoder, ChatTemplate, EncodedTurn, RoleTokensTemplate
+from gpt2kit.data.cache import PreparedFolder
 from gpt2kit.data.datamodule import IGNORE_INDEX, ShardDataModule
-from gpt2kit.data.prepare import _held_out, load_prepared, new_tmp, publish, token_dtype
+from gpt2kit.data.prepare import ShardFormat, held_out, progress_bar
+from gpt2kit.data.readers import ChatSource, ReadOptions
 from gpt2kit.data.sampler import PAD, EvalSampler, RandomWindowSampler
-from gpt2kit.data.sources import CHAT_READERS, CORPORA, fetch_corpus, sha256_file
 from gpt2kit.errors import GPT2KitError
 from gpt2kit.tokenizers import Tokenizer
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 BATCH_CONVERSATIONS = 512
 """Conversations tokenized together (one ``encode_batch`` call)."""
-SUFFIX_READERS = {".jsonl": "jsonl", ".json": "topical-chat", ".yml": "chatterbot", ".yaml": "chatterbot"}
-"""How a local file is read, by its suffix."""
-CHAT_FILE_READERS: dict[str, Callable[[Path, DialogueRoles], Iterator[Row]]] = {
-    "jsonl": lambda path, roles: read_chat_jsonl(path),
-    "topical-chat": read_topical_chat,  # the only format with two agents to map to user/assistant
-    "chatterbot": lambda path, roles: read_chatterbot(path),
-}
-"""Conversation readers by name (the corpora's ``reader`` and :data:`SUFFIX_READERS`' values)."""
 OnBadRow = Literal["error", "skip"]
 
 
@@ -127,73 +111,11 @@ def build_sample(turns: Sequence[EncodedTurn], window: int) -> Sample | None:
     return Sample(ids, mask, truncated or cut, cut)
 
 
-# --- sources ----------------------------------------------------------------------------------------------
-
-
-@dataclass
-class ChatSource:
-    """The files of a chat data source and how each is read."""
-
-    spec: str
-    files: list[tuple[Path, str]]
-    """(path, reader): reader is ``jsonl``, ``topical-chat`` or ``chatterbot``."""
-
-    @classmethod
-    def resolve(cls, spec: str) -> ChatSource:
-        if spec in CORPORA:
-            corpus = CORPORA[spec]
-            if corpus.reader not in CHAT_READERS:
-                raise GPT2KitError(
-                    f"corpus '{spec}' holds plain text, not conversations: train on it with TextDataModule, or "
-                    f"give ChatDataModule a dialogue corpus ({', '.join(chat_corpora())}) or chat .jsonl files"
-                )
-            root = fetch_corpus(spec)
-            return cls(spec, [(root / f.path, corpus.reader) for f in corpus.files])
-        path = Path(spec).expanduser()
-        if path.is_dir():
-            paths = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in SUFFIX_READERS)
-        elif any(ch in spec for ch in "*?["):
-            paths = sorted(Path(p) for p in glob.glob(str(path), recursive=True) if Path(p).is_file())
-        else:
-            paths = [path] if path.is_file() else []
-        if not paths:
-            raise GPT2KitError(
-                f"chat data source '{spec}' is neither a dialogue corpus ({', '.join(chat_corpora())}) nor an "
-                "existing chat file, folder or glob (.jsonl chat format, .json Topical-Chat, .yml ChatterBot)"
-            )
-        unknown = [p for p in paths if p.suffix not in SUFFIX_READERS]
-        if unknown:
-            raise GPT2KitError(
-                f"{unknown[0]}: cannot tell how to read a '{unknown[0].suffix}' file as conversations: give .jsonl "
-                '(one {"messages": [...]} per line), .json (Topical-Chat) or .yml (ChatterBot) files'
-            )
-        return cls(spec, [(p, SUFFIX_READERS[p.suffix]) for p in paths])
-
-    def rows(self, roles: DialogueRoles) -> Iterator[Row]:
-        for path, reader in self.files:
-            yield from CHAT_FILE_READERS[reader](path, roles)
-
-    def fingerprint(self) -> str:
-        h = hashlib.sha256()
-        for path, reader in self.files:
-            h.update(f"{path.name}:{reader}:{sha256_file(path)}".encode())
-        return h.hexdigest()
-
-
-def chat_corpora() -> list[str]:
-    return [name for name, c in CORPORA.items() if c.reader in CHAT_READERS]
-
-
 # --- preparation --------------------------------------------------------------------------------------------
 
 
-@dataclass
-class PreparedChat:
+class PreparedChat(PreparedFolder):
     """Prepared chat samples on disk: per split, ``.bin`` ids, ``.mask.bin``, ``.idx.npy``, ``.group.npy``."""
-
-    path: Path
-    meta: dict[str, Any]
-    tokenizer: Tokenizer
 
     def ids(self, split: str) -> np.memmap:
         return _memmap(self.path / f"{split}.bin", np.dtype(self.meta["dtype"]))
@@ -246,90 +168,8 @@ class _Split:
         np.save(out / f"{split}.group.npy", np.asarray(self.groups, dtype=np.int64))
 
 
-def prepare_chat(
-    sources: Sequence[ChatSource],
-    tokenizer: Tokenizer,
-    template: ChatTemplate,
-    root: Path,
-    block_size: int,
-    val_fraction: float = 0.1,
-    roles: DialogueRoles = "both",
-    on_bad_row: OnBadRow = "error",
-    max_conversations: int | None = None,
-    progress: bool | None = None,
-) -> PreparedChat:
-    """Prepare (or reuse) chat samples under ``root/<sources>/<template>-<tokenizer>-<key>/``."""
-    if not 0.0 < val_fraction < 1.0:
-        raise GPT2KitError(f"val_fraction={val_fraction} must be between 0 and 1 (exclusive)")
-    request = {
-        "format": FORMAT_VERSION,
-        "sources": [s.fingerprint() for s in sources],
-        "tokenizer": tokenizer.to_dict(),  # before the template's tokens are added
-        "template": template.to_dict(),
-        "block_size": block_size,
-        "val_fraction": val_fraction,
-        "roles": roles,
-        "on_bad_row": on_bad_row,
-        "max_conversations": max_conversations,
-    }
-    key = hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()
-    name = "+".join(Path(s.spec).stem if s.spec not in CORPORA else s.spec for s in sources) or "chat"
-    out = root / name[:80] / f"{template.name}-{tokenizer.name}-{key[:12]}"
-    if (found := load_prepared(out, key, PreparedChat)) is not None:
-        log.info("reusing prepared chat data in %s", out)
-        _report_bad_rows(found.meta)
-        return found
-
-    tmp = new_tmp(out)
-    try:
-        meta, tokenizer = _write_samples(
-            sources,
-            tokenizer,
-            template,
-            tmp,
-            block_size,
-            val_fraction,
-            roles,
-            on_bad_row,
-            max_conversations,
-            progress,
-        )
-        meta.update(
-            key=key,
-            sources=[s.spec for s in sources],
-            request={k: request[k] for k in request if k != "tokenizer"},
-        )
-        prepared = publish(tmp, out, key, meta, tokenizer, PreparedChat)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    log.info("prepared %s: %s", out, summary(meta))
-    return prepared
-
-
-def summary(meta: dict[str, Any]) -> str:
-    """One line: samples per split and what truncation, dropping and bad rows did."""
-    tr, va = meta["train"], meta["val"]
-    total = {k: tr[k] + va[k] for k in tr}
-    return (
-        f"{tr['samples']:,} train + {va['samples']:,} val samples from {meta['conversations']:,} conversations; "
-        f"{total['learned']:,} learned of {total['tokens']:,} tokens; {total['truncated']:,} truncated "
-        f"({total['cut']:,} cut inside the last assistant turn), {total['dropped']:,} dropped with no learned "
-        f"token, {meta['bad_rows']:,} bad row(s) left out"
-    )
-
-
-def _report_bad_rows(meta: dict[str, Any]) -> None:
-    if meta.get("bad_rows"):
-        log.warning(
-            "%d bad row(s) were left out of this data (on_bad_row=skip), e.g. %s; all are listed in meta.json",
-            meta["bad_rows"],
-            meta["bad_row_list"][0],
-        )
-
-
 def _conversations(
     sources: Sequence[ChatSource],
-    roles: DialogueRoles,
     on_bad_row: OnBadRow,
     bad: list[str],
     limit: int | None,
@@ -338,7 +178,7 @@ def _conversations(
     """Valid conversations with the index of their source conversation; bad rows raise or go to ``bad``."""
     groups: dict[str, int] = {}
     for source in sources:
-        for row in source.rows(roles):
+        for row in source.rows():
             if isinstance(row, BadRow):
                 if on_bad_row == "error":
                     raise GPT2KitError(
@@ -366,84 +206,120 @@ def _batches(items: Iterable[Any], n: int) -> Iterator[list[Any]]:
         yield batch
 
 
-def _write_samples(
-    sources: Sequence[ChatSource],
-    tokenizer: Tokenizer,
-    template: ChatTemplate,
-    out: Path,
-    block_size: int,
-    val_fraction: float,
-    roles: DialogueRoles,
-    on_bad_row: OnBadRow,
-    limit: int | None,
-    progress: bool | None,
-) -> tuple[dict[str, Any], Tokenizer]:
-    from tqdm import tqdm
+class ChatShards(ShardFormat):
+    """Conversations → per split: token ids, loss mask, sample offsets and source conversation of each."""
 
-    tokenizer = copy.deepcopy(tokenizer)  # the caller's keeps its vocabulary
-    if not tokenizer.is_trained:  # e.g. a char or BPE vocabulary learnt from the conversations themselves
-        log.info("training %s tokenizer on the conversations", tokenizer.name)
-        texts = (
-            m.content
-            for _, c in _conversations(sources, roles, on_bad_row, [], limit, quiet=True)
-            for m in c.messages
-        )
-        tokenizer.train(itertools.chain(template.literal_texts(), texts))
-    tokenizer.add_special_tokens(template.special_tokens())
-    encoder = ChatEncoder(template, tokenizer)
-    dtype = token_dtype(tokenizer.vocab_size)
-    window = block_size + 1
-    splits = {split: _Split(out, split, dtype) for split in ("train", "val")}
-    bad: list[str] = []
-    seen_groups: set[int] = set()
-    bar = tqdm(
-        desc="preparing conversations", unit=" conv", disable=None if progress is None else not progress
-    )
-    try:
-        for batch in _batches(_conversations(sources, roles, on_bad_row, bad, limit), BATCH_CONVERSATIONS):
-            encoded = encoder.encode_many([c.messages for _, c in batch])
-            for (group, _), turns in zip(batch, encoded, strict=True):
-                split = splits["val" if _held_out(group, val_fraction) else "train"]
-                split.counts["readings"] += 1
-                seen_groups.add(group)
-                sample = build_sample(turns, window)
-                if sample is None:
-                    split.counts["dropped"] += 1
-                else:
-                    split.add(sample, group)
-            bar.update(len(batch))
-    finally:
-        bar.close()
-        for name, split in splits.items():
-            split.close(out, name)
-    if not seen_groups:
-        raise GPT2KitError(
-            f"chat data {', '.join(s.spec for s in sources)} holds no usable conversation"
-            + (f" ({len(bad)} bad rows left out, e.g. {bad[0]})" if bad else "")
-        )
-    for name in ("train", "val"):
-        if splits[name].counts["samples"] == 0:
+    kind = "chat"
+    version = FORMAT_VERSION
+    prepared = PreparedChat
+
+    def __init__(
+        self,
+        template: ChatTemplate,
+        block_size: int,
+        on_bad_row: OnBadRow = "error",
+        max_conversations: int | None = None,
+    ) -> None:
+        self.template = template
+        self.block_size = block_size
+        self.on_bad_row = on_bad_row
+        self.max_conversations = max_conversations
+
+    def request(self) -> dict[str, Any]:
+        return {
+            "template": self.template.to_dict(),
+            "block_size": self.block_size,
+            "on_bad_row": self.on_bad_row,
+            "max_conversations": self.max_conversations,
+        }
+
+    def label(self, tokenizer: Tokenizer) -> str:
+        return f"{self.template.name}-{tokenizer.name}"
+
+    def training_texts(self, sources: Sequence[ChatSource], progress: bool | None) -> Iterator[str]:
+        """The template's own text, then every message (e.g. a char or BPE vocabulary learnt from them)."""
+        conversations = _conversations(sources, self.on_bad_row, [], self.max_conversations, quiet=True)
+        texts = (m.content for _, c in conversations for m in c.messages)
+        return itertools.chain(self.template.literal_texts(), texts)
+
+    def extend_tokenizer(self, tokenizer: Tokenizer) -> None:
+        tokenizer.add_special_tokens(self.template.special_tokens())  # after the vocabulary: ids grow
+
+    def write(
+        self,
+        sources: Sequence[ChatSource],
+        tokenizer: Tokenizer,
+        dtype: np.dtype,
+        out: Path,
+        val_fraction: float,
+        progress: bool | None,
+    ) -> dict[str, Any]:
+        encoder = ChatEncoder(self.template, tokenizer)
+        window = self.block_size + 1
+        splits = {split: _Split(out, split, dtype) for split in ("train", "val")}
+        bad: list[str] = []
+        seen_groups: set[int] = set()
+        specs = ", ".join(s.spec for s in sources)
+        conversations = _conversations(sources, self.on_bad_row, bad, self.max_conversations)
+        bar = progress_bar(progress, None, "preparing conversations", unit=" conv")
+        try:
+            for batch in _batches(conversations, BATCH_CONVERSATIONS):
+                encoded = encoder.encode_many([c.messages for _, c in batch])
+                for (group, _), turns in zip(batch, encoded, strict=True):
+                    split = splits["val" if held_out(group, val_fraction) else "train"]
+                    split.counts["readings"] += 1
+                    seen_groups.add(group)
+                    sample = build_sample(turns, window)
+                    if sample is None:
+                        split.counts["dropped"] += 1
+                    else:
+                        split.add(sample, group)
+                bar.update(len(batch))
+        finally:
+            bar.close()
+            for name, split in splits.items():
+                split.close(out, name)
+        if not seen_groups:
             raise GPT2KitError(
-                f"chat data {', '.join(s.spec for s in sources)} gives no {name} sample ({len(seen_groups)} "
-                f"conversations, val_fraction={val_fraction}): add conversations, or change val_fraction"
+                f"chat data {specs} holds no usable conversation"
+                + (f" ({len(bad)} bad rows left out, e.g. {bad[0]})" if bad else "")
             )
-    meta = {
-        "format": FORMAT_VERSION,
-        "tokenizer": tokenizer.name,
-        "tokenizer_fingerprint": tokenizer.fingerprint(),
-        "vocab_size": tokenizer.vocab_size,
-        "dtype": dtype.name,
-        "template": template.to_dict(),
-        "block_size": block_size,
-        "conversations": len(seen_groups),
-        "train": splits["train"].counts,
-        "val": splits["val"].counts,
-        "bad_rows": len(bad),
-        "bad_row_list": bad[:1000],
-    }
-    if bad:
-        log.warning("left out %d bad row(s) in all (listed in meta.json)", len(bad))
-    return meta, tokenizer
+        for name in ("train", "val"):
+            if splits[name].counts["samples"] == 0:
+                raise GPT2KitError(
+                    f"chat data {specs} gives no {name} sample ({len(seen_groups)} conversations, "
+                    f"val_fraction={val_fraction}): add conversations, or change val_fraction"
+                )
+        if bad:
+            log.warning("left out %d bad row(s) in all (listed in meta.json)", len(bad))
+        return {
+            **self.request(),
+            "conversations": len(seen_groups),
+            "train": splits["train"].counts,
+            "val": splits["val"].counts,
+            "bad_rows": len(bad),
+            "bad_row_list": bad[:1000],
+        }
+
+    def summary(self, meta: dict[str, Any]) -> str:
+        """One line: samples per split and what truncation, dropping and bad rows did."""
+        tr, va = meta["train"], meta["val"]
+        total = {k: tr[k] + va[k] for k in tr}
+        return (
+            f"{tr['samples']:,} train + {va['samples']:,} val samples from {meta['conversations']:,} "
+            f"conversations; {total['learned']:,} learned of {total['tokens']:,} tokens; {total['truncated']:,} "
+            f"truncated ({total['cut']:,} cut inside the last assistant turn), {total['dropped']:,} dropped "
+            f"with no learned token, {meta['bad_rows']:,} bad row(s) left out"
+        )
+
+    def on_reuse(self, meta: dict[str, Any]) -> None:
+        if meta.get("bad_rows"):
+            log.warning(
+                "%d bad row(s) were left out of this data (on_bad_row=skip), e.g. %s; all are listed in "
+                "meta.json",
+                meta["bad_rows"],
+                meta["bad_row_list"][0],
+            )
 
 
 # --- serving ------------------------------------------------------------------------------------------------
@@ -534,6 +410,8 @@ class ShuffledSampler(RandomWindowSampler):
 class ChatDataModule(ShardDataModule):
     """Conversations for chat fine-tuning: loss on the assistant's turns only, prepared once and cached."""
 
+    source_class = ChatSource
+
     def __init__(
         self,
         source: str | list[str] = "topical-chat",
@@ -558,7 +436,8 @@ class ChatDataModule(ShardDataModule):
                 folder or glob of .jsonl (gpt2kit's chat format), .json (Topical-Chat) or .yml (ChatterBot)
                 files; or a list of these.
             tokenizer: the model's tokenizer (for fine-tuning: CheckpointTokenizer of model.init_from); the
-                template's special tokens are added after its vocabulary. Default: GPT2Tokenizer.
+                template's special tokens are added after its vocabulary, in a copy (this object is not
+                changed). Default: GPT2Tokenizer.
             template: the chat template (registered kind chat_template). Default: RoleTokensTemplate.
             block_size: tokens per window; recipes link it to model.arch.block_size.
             batch_size: samples (or packed windows) per batch, per device.
@@ -582,13 +461,10 @@ class ChatDataModule(ShardDataModule):
 
             tokenizer = GPT2Tokenizer()
         super().__init__(
-            tokenizer, block_size, batch_size, val_fraction, num_workers, seed, cache, "prepared-chat"
+            source, tokenizer, block_size, batch_size, val_fraction, num_workers, seed, cache, "prepared-chat"
         )
         if max_conversations is not None and max_conversations <= 0:
             raise GPT2KitError(f"max_conversations={max_conversations} must be positive (or null for all)")
-        self.source = [source] if isinstance(source, str) else list(source)
-        if not self.source:
-            raise GPT2KitError("source is an empty list: name at least one chat corpus or file")
         self.template = template if template is not None else RoleTokensTemplate()
         self.val_max_samples = val_max_samples
         self.roles = roles
@@ -596,38 +472,12 @@ class ChatDataModule(ShardDataModule):
         self.max_conversations = max_conversations
         self.pack = pack
         self.pad_to_block = pad_to_block
-        self._prepared: PreparedChat | None = None
 
-    # -- preparation ----------------------------------------------------------------------------------------
-    def prepare_data(self) -> None:
-        self.prepared()
+    def sample_format(self) -> ChatShards:
+        return ChatShards(self.template, self.block_size, self.on_bad_row, self.max_conversations)
 
-    def prepared(self, progress: bool | None = None) -> PreparedChat:
-        """The prepared samples, preparing them first if needed (idempotent; cheap when cached)."""
-        if self._prepared is None:
-            sources = [ChatSource.resolve(s) for s in self.source]
-            self._prepared = prepare_chat(
-                sources,
-                self._tokenizer,
-                self.template,
-                self.cache,
-                self.block_size,
-                self.val_fraction,
-                self.roles,
-                self.on_bad_row,
-                self.max_conversations,
-                progress,
-            )
-        return self._prepared
-
-    @property
-    def tokenizer(self) -> Tokenizer:
-        """The tokenizer with the template's special tokens: the model's vocabulary."""
-        return self.prepared().tokenizer
-
-    @property
-    def vocab_size(self) -> int:
-        return self.tokenizer.vocab_size
+    def read_options(self) -> ReadOptions:
+        return ReadOptions(roles=self.roles)
 
     @property
     def chat_template(self) -> ChatTemplate:
