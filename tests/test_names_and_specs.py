@@ -13,12 +13,13 @@ from conftest import RECIPES, TINY
 
 from gpt2kit.chat.template import ChatMLTemplate, ChatTemplate, RoleTokensTemplate
 from gpt2kit.checkpoint import load_module, read_checkpoint, save_checkpoint
-from gpt2kit.cli import GPT2KitArgumentParser, lightning_main, program_args
 from gpt2kit.errors import GPT2KitError
 from gpt2kit.finetune import FreezePolicy, LastNBlocks
+from gpt2kit.lightning_cli import GPT2KitArgumentParser, lightning_main
 from gpt2kit.model import BASES, GPT2, SLOTS
 from gpt2kit.names import canonical
 from gpt2kit.nn import Attention, CausalSelfAttention, RMSNorm, SlidingWindowAttention
+from gpt2kit.parsing import program_args
 from gpt2kit.registry import add_kind, build, kinds, registry
 from gpt2kit.spec import build_factory, build_instance, describe, normalized, resolve_class, spec_of
 from gpt2kit.tokenizers import CharTokenizer, Tokenizer
