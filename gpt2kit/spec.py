@@ -35,15 +35,15 @@ INIT_ARGS = "init_args"
 STATE = "state"
 
 
-def class_path(cls: type) -> str:
+def class_path(cls: type, public: bool = False) -> str:
     """``module.QualName``: the full import path of a class, as checkpoints and --print_config hold it.
 
-    A class re-exported by its module's package is named by the package (``gpt2kit.finetune.LastNBlocks``,
-    not ``gpt2kit.finetune.policies.LastNBlocks``), as jsonargparse writes it.
+    ``public``: a class re-exported by its module's package is named by the package
+    (``gpt2kit.finetune.LastNBlocks``, not ``gpt2kit.finetune.policies.LastNBlocks``).
     """
     module = cls.__module__
     parent = module.rpartition(".")[0]
-    if parent and getattr(sys.modules.get(parent), cls.__qualname__, None) is cls:
+    if public and parent and getattr(sys.modules.get(parent), cls.__qualname__, None) is cls:
         module = parent
     return f"{module}.{cls.__qualname__}"
 

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from gpt2kit import GPT, GPT2KitError, preset
 from gpt2kit.data import fetch_corpus
-from gpt2kit.data.sources import cut_pieces
+from gpt2kit.data.readers import cut_pieces
 from gpt2kit.nn import UntiedLMHead
 from gpt2kit.tokenizers import EOT, ByteLevelBPETokenizer, CharTokenizer, GPT2Tokenizer, Tokenizer
 from gpt2kit.tokenizers.bpe import bytes_to_unicode

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from gpt2kit.errors import GPT2KitError
 from gpt2kit.registry import add_kind
-from gpt2kit.spec import init_args_from_attributes, instance_spec
+from gpt2kit.spec import class_path, init_args_from_attributes, instance_spec
 
 if TYPE_CHECKING:
     from gpt2kit.model import GPT
@@ -117,7 +117,8 @@ class FreezePolicy:
 
     def spec(self) -> dict[str, Any]:
         """``{"class_path": ..., "init_args": ...}``: how a checkpoint records this policy."""
-        return instance_spec(self, init_args_from_attributes(self))
+        spec = instance_spec(self, init_args_from_attributes(self))
+        return {**spec, "class_path": class_path(type(self), public=True)}  # as jsonargparse writes it
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.spec()["init_args"].items())

@@ -72,7 +72,7 @@ class Tokenizer:
         """Learn the vocabulary from an iterator of texts (streamed, not held in memory).
 
         Long documents arrive in pieces cut before a line break that precedes a non-space character
-        (see :func:`gpt2kit.data.sources.cut_pieces`); a tokenizer must encode text the same way
+        (see :func:`gpt2kit.data.readers.cut_pieces`); a tokenizer must encode text the same way
         whether or not it is cut there.
         """
 
