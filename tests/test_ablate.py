@@ -226,7 +226,9 @@ def test_variant_that_crashes_mid_training_is_failed_and_the_others_finish(tmp_p
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setenv("PYTHONPATH", f"{tmp_path}:{':'.join(sys.path)}")  # for the --parallel runs
     crash = {"trainer.callbacks": [{"class_path": "ablate_crash.CrashAtStep", "init_args": {"step": 2}}]}
-    path = write_study(tmp_path, seeds=[1], variants={"gpt2": {}, "crash": crash, "rms": {"model.norm": "RMSNorm"}})
+    path = write_study(
+        tmp_path, seeds=[1], variants={"gpt2": {}, "crash": crash, "rms": {"model.norm": "RMSNorm"}}
+    )
     ablate(load_study(path))
     out = tmp_path / "out" / "study"
     rows = {r["variant"]: r for r in read_csv(out / "results.csv")}
