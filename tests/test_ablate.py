@@ -2,9 +2,11 @@
 
 import csv
 import logging
+import statistics
 import sys
 
 import pytest
+import torch
 import yaml
 from conftest import RECIPES
 
@@ -65,6 +67,52 @@ def read_csv(path):
         return list(csv.DictReader(f))
 
 
+def train_steps(version):
+    """The steps a session trained, from its Lightning CSV log."""
+    return sorted({int(r["step"]) for r in read_csv(version / "metrics.csv") if r.get("train_loss")})
+
+
+def final_val_loss(run_dir):
+    """The run's last logged val_loss: the last row with one in its newest Lightning session."""
+    for version in sorted((run_dir / "logs").glob("version_*"), key=lambda p: -int(p.name[8:])):
+        values = [float(r["val_loss"]) for r in read_csv(version / "metrics.csv") if r.get("val_loss")]
+        if values:
+            return values[-1]
+    return None
+
+
+def report_table(report):
+    """The rows of report.md's ranking table: {variant: (rank, "mean ± std", "Δ")}."""
+    rows = {}
+    for line in report.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 10 and cells[0].isdigit():
+            rows[cells[1].removeprefix("**").split("**")[0]] = (int(cells[0]), cells[3], cells[4])
+    return rows
+
+
+def check_report_against_logs(out, baseline, seeds):
+    """Ranking, mean ± std and Δ in report.md (and results.csv) as computed here from the runs' own logs."""
+    finals = {
+        variant.name: [final_val_loss(variant / f"seed{s}") for s in seeds]
+        for variant in out.iterdir()
+        if variant.is_dir() and (variant / f"seed{seeds[0]}").is_dir()
+    }
+    assert len(finals) >= 2 and all(v is not None for vals in finals.values() for v in vals)
+    for r in read_csv(out / "results.csv"):
+        assert float(r["final_val_loss"]) == pytest.approx(finals[r["variant"]][seeds.index(int(r["seed"]))])
+    mean = {v: statistics.fmean(vals) for v, vals in finals.items()}
+    std = {v: statistics.stdev(vals) for v, vals in finals.items()}
+    table = report_table((out / "report.md").read_text())
+    assert set(table) == set(finals)
+    ranked = sorted(mean, key=mean.get)  # lower loss first
+    assert sorted(table, key=lambda v: table[v][0]) == ranked
+    assert [table[v][0] for v in ranked] == list(range(1, len(ranked) + 1))
+    for v in finals:
+        assert table[v][1] == f"{mean[v]:.3f} ± {std[v]:.3f}"
+        assert table[v][2] == ("0" if v == baseline else f"{mean[v] - mean[baseline]:+.3f}")
+
+
 def write_study(tmp_path, name="study", **spec):
     path = tmp_path / f"{name}.yaml"
     spec = {"base": str(SHAKESPEARE), "out_dir": str(tmp_path / "out" / name), **spec}
@@ -100,6 +148,9 @@ def test_grid_runs_reports_and_resumes(tmp_path, monkeypatch, caplog):
     first_mtime = first.stat().st_mtime_ns
     interrupted = out / rotary / "seed2"
     assert (interrupted / "checkpoints" / "last.ckpt").is_file()  # saved every step: resumable
+    interrupted_at = torch.load(interrupted / "checkpoints" / "last.ckpt", weights_only=False)["global_step"]
+    assert interrupted_at == 2  # Ctrl-C before step 2's batch: steps 0 and 1 trained and saved
+    assert train_steps(interrupted / "logs" / "version_0") == [0, 1]
     assert "- position=RotaryPosition (seed 2): **running**" in (out / "report.md").read_text()
 
     # Second go, in subprocesses (--parallel): the finished runs are skipped, the other one resumed.
@@ -109,6 +160,8 @@ def test_grid_runs_reports_and_resumes(tmp_path, monkeypatch, caplog):
     assert any(f"resuming {rotary} (seed 2) from" in m for m in caplog.messages)
     assert first.stat().st_mtime_ns == first_mtime and not (first.parent.parent / "version_1").exists()
     assert sorted(p.name for p in (interrupted / "logs").iterdir()) == ["version_0", "version_1"]
+    # It continued from the checkpoint (a restart would log steps 0, 1, 2 again), and only it did.
+    assert train_steps(interrupted / "logs" / "version_1") == [interrupted_at]
     assert "Trainer.fit` stopped: `max_steps=3` reached" in (interrupted / "train.log").read_text()
 
     # Four run folders, each with its resolved config and Lightning logs; a 4-row CSV; report and plot.
@@ -129,6 +182,7 @@ def test_grid_runs_reports_and_resumes(tmp_path, monkeypatch, caplog):
     report = (out / "report.md").read_text()
     assert f"**{learned}** (baseline)" in report and " ± " in report and "Runs not done" not in report
     assert (out / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    check_report_against_logs(out, baseline=learned, seeds=(1, 2))
 
     # The same study with another budget does not mix with these runs.
     changed = write_study(tmp_path, seeds=[1, 2], grid={"model.position": ["LearnedPosition"]},
@@ -150,6 +204,42 @@ def test_variant_that_does_not_parse_is_reported_and_the_others_run(tmp_path):
     assert "unknown attention 'NoSuchAttention'" in rows["broken"]["error"]
     report = (out / "report.md").read_text()
     assert "- broken (seed 7): **failed**: model.attention: unknown attention 'NoSuchAttention'" in report
+
+
+# A bug that shows only during training (in a plugin, say): step 2 raises.
+CRASH = """
+import lightning as L
+
+
+class CrashAtStep(L.Callback):
+    def __init__(self, step: int = 2) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == self.step:
+            raise RuntimeError(f"boom at step {trainer.global_step}")
+"""
+
+
+def test_variant_that_crashes_mid_training_is_failed_and_the_others_finish(tmp_path, monkeypatch):
+    (tmp_path / "ablate_crash.py").write_text(CRASH)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("PYTHONPATH", f"{tmp_path}:{':'.join(sys.path)}")  # for the --parallel runs
+    crash = {"trainer.callbacks": [{"class_path": "ablate_crash.CrashAtStep", "init_args": {"step": 2}}]}
+    path = write_study(
+        tmp_path, seeds=[1], variants={"gpt2": {}, "crash": crash, "rms": {"model.norm": "RMSNorm"}}
+    )
+    ablate(load_study(path))
+    out = tmp_path / "out" / "study"
+    rows = {r["variant"]: r for r in read_csv(out / "results.csv")}
+    assert rows["crash"]["status"] == "failed" and "boom at step 2" in rows["crash"]["error"]
+    assert train_steps(out / "crash" / "seed1" / "logs" / "version_0") == [0, 1]  # it did train, then broke
+    assert rows["gpt2"]["status"] == rows["rms"]["status"] == "done"
+    assert rows["gpt2"]["steps"] == rows["rms"]["steps"] == "3"
+    report = (out / "report.md").read_text()
+    assert "- crash (seed 1): **failed**: " in report and "boom at step 2" in report
+    assert set(report_table(report)) == {"gpt2", "rms"}  # ranked: the ones that finished (crash: "–")
+    assert "| – | crash |" in report
 
 
 @pytest.mark.parametrize(

@@ -361,9 +361,7 @@ def test_every_component_is_registered_and_public():
 
 # --- checkpoints and training from YAML ------------------------------------------------------------------
 
-COMPONENTS = {
-    **{f"attention={k}": {"attention": v} for k, v in ATTENTIONS.items()},
-    **{f"position={k}": {"position": v} for k, v in POSITIONS.items()},
+COMPONENTS = {  # every attention × position pair: test_every_attention_position_pair_round_trips_...
     "norm=rmsnorm": {"norm": partial(RMSNorm, eps=1e-6)},
     "norm=layernorm_no_bias": {"norm": partial(LayerNorm, bias=False)},
     "mlp=relu": {"mlp": ReluMLP},
@@ -376,6 +374,13 @@ COMPONENTS = {
 @pytest.mark.parametrize("components", COMPONENTS.values(), ids=COMPONENTS.keys())
 def test_checkpoint_roundtrip(tmp_path, components):
     check_checkpoint_roundtrip(tmp_path, tiny_config(), **components)
+
+
+@pytest.mark.parametrize(("attention", "position"), itertools.product(ATTENTIONS, POSITIONS))
+def test_every_attention_position_pair_round_trips_through_a_checkpoint(tmp_path, attention, position):
+    check_checkpoint_roundtrip(
+        tmp_path, tiny_config(), attention=ATTENTIONS[attention], position=POSITIONS[position]
+    )
 
 
 @pytest.fixture(scope="module")

@@ -106,6 +106,24 @@ def test_plugins_by_module_name_listed_chosen_in_yaml_trained_and_round_tripped(
         check_cache_matches_forward(make)
 
 
+CAN_BUILD = """
+import sys
+from importlib.metadata import version
+import setuptools
+major, minor = (int(part) for part in version("setuptools").split(".")[:2])
+try:
+    import setuptools.command.bdist_wheel
+except ImportError:
+    import wheel.bdist_wheel
+sys.exit(0 if (major, minor) >= (68, 0) else 1)
+"""
+
+
+def can_build_offline(python) -> bool:
+    """Whether `python` has the setuptools and bdist_wheel that the plugin's build-system asks for."""
+    return subprocess.run([str(python), "-c", CAN_BUILD], capture_output=True, timeout=60).returncode == 0
+
+
 def test_plugin_installed_with_pip_is_loaded_by_its_entry_point(tmp_path, monkeypatch, capsys, isolated):
     source = shutil.copytree(
         PLUGINS / "relu2", tmp_path / "relu2", ignore=shutil.ignore_patterns("build", "*.egg-info")
@@ -115,8 +133,14 @@ def test_plugin_installed_with_pip_is_loaded_by_its_entry_point(tmp_path, monkey
         [sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)], check=True
     )
     python = venv / "bin" / "python"
-    install = [str(python), "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--no-index"]
-    out = subprocess.run([*install, str(source)], capture_output=True, text=True, timeout=120)
+    install = [str(python), "-m", "pip", "install", "-q", "--no-deps"]
+    # Offline when this interpreter can build the plugin itself (the build-system's setuptools>=68, and a
+    # bdist_wheel: setuptools>=70.1 has its own, older ones need `wheel`); otherwise pip builds it in an
+    # isolated environment from the package index, as it would for a user (a fresh venv has setuptools 65
+    # without wheel on Python 3.11, no setuptools at all on 3.12).
+    if can_build_offline(python):
+        install += ["--no-build-isolation", "--no-index"]
+    out = subprocess.run([*install, str(source)], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     site = next(venv.glob("lib/python*/site-packages"))
     assert (site / "gpt2kit_relu2").is_dir()

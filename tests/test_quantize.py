@@ -1,6 +1,9 @@
 """Int8 decoding: a copy of the model with int8 linear layers, close to float, original untouched."""
 
+import contextlib
+import copy
 import dataclasses
+import io
 
 import pytest
 import torch
@@ -81,3 +84,74 @@ def test_cli_generate_with_int8_weights(ckpt, capsys):  # noqa: F811
     with pytest.raises(SystemExit):
         main(["generate", "--ckpt", str(ckpt), "--dtype", "int4"])
     assert "int4" in capsys.readouterr().err
+
+
+# -- what --dtype really runs: every leaf module the decoding calls, seen through a global forward hook -----
+
+
+@contextlib.contextmanager
+def modules_run():
+    """(module type, weight dtype, input dtype) of every leaf module called inside the block."""
+    seen = []
+
+    def hook(module, args, output):
+        if next(module.children(), None) is None:
+            weight = next(module.parameters(recurse=False), None)
+            x = next((a for a in args if torch.is_tensor(a) and a.is_floating_point()), None)
+            seen.append((type(module), getattr(weight, "dtype", None), getattr(x, "dtype", None)))
+
+    handle = torch.nn.modules.module.register_module_forward_hook(hook)
+    try:
+        yield seen
+    finally:
+        handle.remove()
+
+
+def linears(seen):
+    return {(w, x) for cls, w, x in seen if issubclass(cls, torch.nn.Linear)}
+
+
+def int8_layers(seen):
+    return {cls for cls, _, _ in seen if "int8" in cls.__name__.lower()}
+
+
+def check_dtype_ran(seen, dtype: str, n_layer: int) -> None:
+    if dtype == "int8":  # no float matmul left: every linear layer (and the tied head) is an int8 one
+        assert not linears(seen) and int8_layers(seen)
+        assert sum("int8" in cls.__name__.lower() for cls, _, _ in seen) >= 4 * n_layer + 1
+    else:
+        want = getattr(torch, dtype)
+        assert linears(seen) == {(want, want)}, linears(seen)  # weights and activations in that dtype
+        assert not int8_layers(seen)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "int8"])
+def test_cli_generate_dtype_changes_what_runs(ckpt, capsys, dtype):  # noqa: F811
+    with modules_run() as seen:
+        main(["generate", "--ckpt", str(ckpt), "--prompt", "Hello", "--max_new_tokens", "4",
+              "--temperature", "0", "--dtype", dtype])  # fmt: skip
+    assert capsys.readouterr().out.startswith("Hello")
+    check_dtype_ran(seen, dtype, model().config.n_layer)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "int8"])
+def test_cli_chat_dtype_changes_what_runs(tmp_path, monkeypatch, capsys, dtype):
+    from test_chat_repl import tiny_checkpoint
+
+    chat_ckpt = tiny_checkpoint(tmp_path / "chat.ckpt")
+    monkeypatch.setattr("sys.stdin", io.StringIO("Hello there\n/exit\n"))
+    with modules_run() as seen:
+        main(["chat", "--ckpt", chat_ckpt, "--temperature", "0", "--max_new_tokens", "4", "--dtype", dtype])
+    assert len(capsys.readouterr().out.splitlines()) == 1  # one reply
+    check_dtype_ran(seen, dtype, n_layer=2)
+
+
+def test_int8_and_bfloat16_logits_differ_from_float32_yet_stay_close():
+    gpt = model()
+    idx = torch.randint(0, gpt.config.vocab_size, (2, 12))
+    with torch.no_grad():
+        ref = gpt(idx)
+        int8 = quantize_int8(gpt)(idx)
+        bf16 = copy.deepcopy(gpt).to(torch.bfloat16)(idx).float()
+    for out in (int8, bf16):
+        assert 0 < relative_error(out, ref) < 0.05

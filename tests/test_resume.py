@@ -23,14 +23,14 @@ from gpt2kit.resume import AtomicCheckpointIO, LastCheckpoint, rng_state, set_rn
 
 SHAKESPEARE = str(RECIPES / "pretrain" / "shakespeare-char.yaml")
 
-# Short epochs (16 batches) so that the runs cross epoch boundaries; the kill lands mid-epoch.
+# Short epochs (16 batches) so that the runs cross epoch boundaries; the kills land mid-epoch.
 RUN = [
     "--config", SHAKESPEARE,
     "--model.arch.n_layer=2", "--model.arch.n_head=2", "--model.arch.n_embd=32", "--model.arch.block_size=32",
     "--model.arch.dropout=0.1",  # dropout draws from the global RNG: its state must be restored too
     "--model.optim.warmup_steps=5",
-    "--trainer.max_steps=80", "--trainer.limit_train_batches=16", "--trainer.val_check_interval=25",
-    "--trainer.limit_val_batches=2", "--trainer.log_every_n_steps=5",
+    "--trainer.max_steps=48", "--trainer.limit_train_batches=16", "--trainer.val_check_interval=15",
+    "--trainer.limit_val_batches=3", "--trainer.log_every_n_steps=5",
     "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
 ]  # fmt: skip
 
@@ -43,11 +43,38 @@ trainer:
       init_args: {dirpath: runs/shakespeare-char/checkpoints, every_n_train_steps: 10}
 """
 
+# SIGKILL from inside the run, at an exact point: before a training step's batch, or in the middle of the
+# validation at a step (a module of its own, for the subprocess to import).
+KILLER = """
+import os
+import signal
 
-def _run_dir(tmp_path, name):
+import lightning as L
+
+
+class KillAt(L.Callback):
+    def __init__(self, step: int, during: str = "train") -> None:
+        self.step, self.during = step, during
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if self.during == "train" and trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
+        if self.during == "validation" and not trainer.sanity_checking and trainer.global_step == self.step:
+            if batch_idx == 1:  # one validation batch done, the next not
+                os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def _run_dir(tmp_path, name, kill=None):
     path = tmp_path / name
     path.mkdir()
     (path / "callbacks.yaml").write_text(CALLBACKS)
+    if kill is not None:
+        (path / "killer.py").write_text(KILLER)
+        killer = f"    - class_path: killer.KillAt\n      init_args: {kill}\n"
+        (path / "kill.yaml").write_text(CALLBACKS + killer)
     return path
 
 
@@ -55,37 +82,57 @@ def _final(run_dir):
     return torch.load(run_dir / "runs/shakespeare-char/checkpoints/last.ckpt", weights_only=True)
 
 
-@pytest.mark.slow
-def test_sigkill_then_resume_is_bit_identical(tmp_path, monkeypatch):
-    args = [*RUN, "--config", "callbacks.yaml"]
-    # A: uninterrupted (in this process, to save an interpreter start).
-    a = _run_dir(tmp_path, "a")
-    monkeypatch.chdir(a)
-    lightning_main(["fit", *args, "--ckpt_path", "last"])  # no checkpoint yet: starts from scratch
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """The reference: the run never interrupted (in this process, to save an interpreter start)."""
+    a = _run_dir(tmp_path_factory.mktemp("resume"), "a")
+    old = os.getcwd()
+    os.chdir(a)
+    try:
+        lightning_main(["fit", *RUN, "--config", "callbacks.yaml", "--ckpt_path", "last"])  # none yet: starts
+    finally:
+        os.chdir(old)
+    return _final(a)
 
-    # B: the same command in a subprocess, killed with SIGKILL once a checkpoint exists ...
-    b = _run_dir(tmp_path, "b")
+
+# (kill from inside the run, or None: from outside as soon as the first last.ckpt exists; extra arguments;
+#  the step of the last.ckpt it resumes from)
+KILLS = {
+    "mid-epoch": (None, [], None),
+    "during-validation": ({"step": 45, "during": "validation"}, [], 40),
+    "dataloader-workers": ({"step": 25}, ["--data.init_args.num_workers=2"], 20),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("where", KILLS)
+def test_sigkill_then_resume_is_bit_identical(tmp_path, monkeypatch, uninterrupted, where):
+    kill, extra, expected_step = KILLS[where]
+    # B: the same command in a subprocess, killed with SIGKILL ...
+    b = _run_dir(tmp_path, "b", kill)
     last = b / "runs/shakespeare-char/checkpoints/last.ckpt"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(b), *sys.path])}
+    config = "kill.yaml" if kill else "callbacks.yaml"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gpt2kit", "fit", *args, "--ckpt_path", "last"],
+        [sys.executable, "-m", "gpt2kit", "fit", *RUN, "--config", config, *extra, "--ckpt_path", "last"],
         cwd=b, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
-    deadline = time.monotonic() + 180
-    while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.005)
-    proc.send_signal(signal.SIGKILL)
-    _, err = proc.communicate()
+    if kill is None:  # from outside, once a checkpoint exists
+        deadline = time.monotonic() + 180
+        while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.005)
+        proc.send_signal(signal.SIGKILL)
+    _, err = proc.communicate(timeout=300)
     assert proc.returncode == -signal.SIGKILL, f"the run ended before it could be killed: {err[-2000:]}"
     killed_at = torch.load(last, weights_only=True)["global_step"]
-    assert 10 <= killed_at < 80
+    assert 10 <= killed_at < 48 if expected_step is None else killed_at == expected_step
 
-    # ... and resumed with the same command, which now finds last.ckpt.
+    # ... and resumed with the same command (without the killer), which now finds last.ckpt.
     monkeypatch.chdir(b)
-    lightning_main(["fit", *args, "--ckpt_path", "last"])
+    lightning_main(["fit", *RUN, "--config", "callbacks.yaml", *extra, "--ckpt_path", "last"])
 
-    ca, cb = _final(a), _final(b)
-    assert ca["global_step"] == cb["global_step"] == 80
+    ca, cb = uninterrupted, _final(b)
+    assert ca["global_step"] == cb["global_step"] == 48
     assert ca["state_dict"].keys() == cb["state_dict"].keys()
     for name, tensor in ca["state_dict"].items():
         assert torch.equal(tensor, cb["state_dict"][name]), name
