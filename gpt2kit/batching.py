@@ -265,7 +265,8 @@ class BatchingEngine:
         with self._lock:
             if self._stopping:
                 raise EngineStopped("the server is shutting down: it takes no new requests")
-            if len(self.queue) >= self.max_queue:
+            free = sum(s is None for s in self.slots)
+            if len(self.queue) >= self.max_queue + free:  # the queue is what waits beyond the free slots
                 raise QueueFull(f"{len(self.queue)} requests are waiting already: try again shortly")
             self.queue.append(request)
             self.stats.queued = len(self.queue)
@@ -295,11 +296,17 @@ class BatchingEngine:
             self._thread = threading.Thread(target=self._loop, name="gpt2kit-engine", daemon=True)
             self._thread.start()
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """End every queued and running request with ``abort`` (each gets a final event) and stop the loop."""
+    def stop(self, wait: bool = True, timeout: float = 10.0) -> None:
+        """End every queued and running request with ``abort`` (each gets a final event) and stop the loop.
+
+        ``wait=False`` only asks (safe from a signal handler or an event loop); the engine's thread then
+        aborts the requests at its next step boundary and exits.
+        """
         with self._lock:
             self._stopping = True
             self._wake.notify()
+        if not wait:
+            return
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None

@@ -30,6 +30,7 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from gpt2kit.ablate import ablate_command
 from gpt2kit.chat.repl import chat_command  # and gpt2kit.chat: ChatDataModule by its short name
 from gpt2kit.errors import GPT2KitError
+from gpt2kit.serve.command import serve_command  # uvicorn/FastAPI are imported only when it runs
 from gpt2kit.registry import export_plugins, failed_plugins, kinds, list_components, load_plugins, registry
 
 log = logging.getLogger("gpt2kit")
@@ -348,6 +349,7 @@ COMMANDS: dict[str, Callable[..., None]] = {
     "import-hf": import_hf_command,
     "export-hf": export_hf_command,
     "ablate": ablate_command,
+    "serve": serve_command,
 }
 POSITIONAL = {import_hf_command, export_hf_command}
 """Commands whose required arguments are positional (``import-hf HF_DIR OUT``)."""

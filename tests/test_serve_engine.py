@@ -55,13 +55,14 @@ def test_greedy_alone_equals_beside_seven_others(components):
         7,
     ]  # mixed output lengths: requests leave the batch at different steps
     alone = [
-        BatchingEngine(model, max_batch=8).complete([p], greedy(n))[0].tokens for p, n in zip(ps, lengths)
+        BatchingEngine(model, max_batch=8).complete([p], greedy(n))[0].tokens
+        for p, n in zip(ps, lengths, strict=True)
     ]
     together = BatchingEngine(model, max_batch=8).complete(ps, [greedy(n) for n in lengths])
     assert [r.tokens for r in together] == alone
     assert [len(t) for t in alone] == lengths
     # and the same tokens as the static-batch generator, run on one prompt at a time
-    assert [generate(model, [p], greedy(n))[0].tokens for p, n in zip(ps, lengths)] == alone
+    assert [generate(model, [p], greedy(n))[0].tokens for p, n in zip(ps, lengths, strict=True)] == alone
 
 
 def test_requests_join_a_running_batch_at_token_boundaries():
@@ -110,8 +111,8 @@ def test_cancel_frees_the_slot_at_the_next_step():
 
 def test_queue_limit():
     engine = BatchingEngine(tiny_model(), max_batch=1, max_queue=2)
-    engine.submit(Request([1], greedy(2)))
-    engine.submit(Request([1], greedy(2)))
+    for _ in range(3):  # one for the free slot, two waiting
+        engine.submit(Request([1], greedy(2)))
     with pytest.raises(QueueFull):
         engine.submit(Request([1], greedy(2)))
 
