@@ -47,6 +47,33 @@ def tiny_checkpoint(path, chat: bool, block_size: int = 64) -> str:
     return str(path)
 
 
+def trained_chat_checkpoint(path, steps: int = 300) -> str:
+    """A tiny chat checkpoint trained for a few seconds to answer with a sentence (for the page's screenshot)."""
+    from gpt2kit.chat.template import ChatEncoder, Message
+    from gpt2kit.checkpoint import load_module
+
+    module = load_module(tiny_checkpoint(path, chat=True, block_size=96))
+    enc = ChatEncoder(RoleTokensTemplate(), module.tokenizer)
+    replies = ["Hello! I am a tiny gpt2kit model.", "I stream my replies token by token."]
+    ids = []
+    for user, reply in zip(["hello there", "and then?"], replies, strict=True):
+        ids += [
+            t for turn in enc.encode([Message("user", user), Message("assistant", reply)]) for t in turn.ids
+        ]
+    data = torch.tensor(ids)
+    model = module.model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    torch.manual_seed(0)
+    for _ in range(steps):
+        x = data[:-1][None]
+        loss = torch.nn.functional.cross_entropy(model(x)[0], data[1:])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    save_checkpoint(module.eval(), path)
+    return str(path)
+
+
 @pytest.fixture(scope="module")
 def chat_ckpt(tmp_path_factory):
     return tiny_checkpoint(tmp_path_factory.mktemp("serve") / "tinychat.ckpt", chat=True)
