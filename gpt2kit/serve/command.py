@@ -137,6 +137,9 @@ def _server_class():
         def handle_exit(self, sig, frame) -> None:
             self.engine.stop(wait=False)
             super().handle_exit(sig, frame)
+            # uvicorn re-raises a captured signal after shutting down (SIGINT then ends in a traceback);
+            # the stop was graceful, so the command ends normally instead (exit code 0).
+            self._captured_signals.clear()
 
     return _GracefulServer
 
