@@ -96,7 +96,7 @@ def test_64_concurrent_mixed_requests_with_hang_ups(ckpt):
 
 def test_1000_sequential_short_requests_leak_nothing(ckpt):
     served = load_served_model(ckpt, max_batch=4)
-    body = {"model": "tiny", "prompt": "abc", "max_tokens": 2, "temperature": 0}
+    body = {"model": "tiny", "prompt": "abc", "max_tokens": 1, "temperature": 0}
     with running_server(served) as url, httpx.Client(base_url=url, timeout=30) as http:
 
         def burst(n: int) -> None:
@@ -104,7 +104,7 @@ def test_1000_sequential_short_requests_leak_nothing(ckpt):
                 r = http.post("/v1/completions", json={**body, "stream": i % 2 == 1})
                 assert r.status_code == 200
 
-        burst(100)  # warm up: allocator pools, lazy imports, the first connections
+        burst(50)  # warm up: allocator pools, lazy imports, the first connections
         before = metrics(url)
         start = time.monotonic()
         burst(1000)
@@ -118,7 +118,7 @@ def test_1000_sequential_short_requests_leak_nothing(ckpt):
     grown = after["gpt2kit_resident_memory_bytes"] - before["gpt2kit_resident_memory_bytes"]
     assert grown < 16 * 2**20, f"resident memory grew by {grown / 2**20:.1f} MiB over 1,000 requests"
     count = 'gpt2kit_requests_total{finish_reason="length"}'
-    assert after.get(count, 0) + after.get('gpt2kit_requests_total{finish_reason="stop"}', 0) >= 1100
+    assert after.get(count, 0) + after.get('gpt2kit_requests_total{finish_reason="stop"}', 0) >= 1050
     assert elapsed < 120, elapsed
 
 
