@@ -30,8 +30,8 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from gpt2kit.ablate import ablate_command
 from gpt2kit.chat.repl import chat_command  # and gpt2kit.chat: ChatDataModule by its short name
 from gpt2kit.errors import GPT2KitError
-from gpt2kit.serve.command import serve_command  # uvicorn/FastAPI are imported only when it runs
 from gpt2kit.registry import export_plugins, failed_plugins, kinds, list_components, load_plugins, registry
+from gpt2kit.serve.command import serve_command  # uvicorn/FastAPI are imported only when it runs
 
 log = logging.getLogger("gpt2kit")
 

@@ -59,9 +59,10 @@ def test_64_concurrent_mixed_requests_with_hang_ups(ckpt):
             i, prompt, max_tokens, stream, hang_up = job
             kw = dict(model="tiny", prompt=prompt, max_tokens=max_tokens, temperature=0)
             if hang_up:  # read a little of the stream, then drop the connection
-                with httpx.Client(timeout=60) as http, http.stream(
-                    "POST", f"{url}/v1/completions", json={**kw, "stream": True}
-                ) as r:
+                with (
+                    httpx.Client(timeout=60) as http,
+                    http.stream("POST", f"{url}/v1/completions", json={**kw, "stream": True}) as r,
+                ):
                     assert r.status_code == 200
                     for _ in zip(range(2), r.iter_lines(), strict=False):
                         pass
@@ -152,9 +153,10 @@ def test_the_command_prints_its_urls_guards_with_a_key_and_stops_cleanly_on_sigt
         headers = {"Authorization": "Bearer k3y"}
         body = {"model": "tiny", "prompt": "a", "max_tokens": 128, "temperature": 0, "stream": True}
         events = []
-        with httpx.Client(timeout=30) as http, http.stream(
-            "POST", f"{url}/v1/completions", json={**body}, headers=headers
-        ) as r:
+        with (
+            httpx.Client(timeout=30) as http,
+            http.stream("POST", f"{url}/v1/completions", json={**body}, headers=headers) as r,
+        ):
             assert r.status_code == 200
             for line in r.iter_lines():
                 if not line.startswith("data: "):
