@@ -30,6 +30,7 @@ from gpt2kit.errors import GPT2KitError, user_error
 from gpt2kit.lightning_cli import lightning_main, prepare_command
 from gpt2kit.parsing import CommandParser, program_args
 from gpt2kit.registry import export_plugins, failed_plugins, load_plugins
+from gpt2kit.serve.command import serve_command  # uvicorn/FastAPI are imported only when it runs
 
 __all__ = ["COMMANDS", "generate_command", "lightning_main", "list_command", "main"]
 
@@ -188,6 +189,7 @@ COMMANDS: dict[str, Callable[..., None]] = {
     "import-hf": import_hf_command,
     "export-hf": export_hf_command,
     "ablate": ablate_command,
+    "serve": serve_command,
 }
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
 """LightningCLI's subcommands (:mod:`gpt2kit.lightning_cli`)."""

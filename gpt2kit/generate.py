@@ -212,6 +212,10 @@ class _Detokenizer:
         return len(self.text) - held
 
 
+Detokenizer = _Detokenizer
+"""Public name of the incremental detokenizer, for other decoders (the continuous-batching engine)."""
+
+
 class PromptCache:
     """A batch-1 KV cache kept from one generation to the next, e.g. across the turns of a chat.
 

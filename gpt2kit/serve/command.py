@@ -1,0 +1,141 @@
+"""``python -m gpt2kit serve --ckpt PATH``: load a checkpoint and serve it over HTTP until Ctrl-C / SIGTERM."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from pathlib import Path
+from typing import Any, Literal
+
+from gpt2kit.errors import GPT2KitError
+
+log = logging.getLogger("gpt2kit")
+
+API_KEY_ENV = "GPT2KIT_API_KEY"
+"""Environment variable read for the API key when ``--api_key`` is not given."""
+
+
+def load_served_model(
+    ckpt: str,
+    device: str = "cpu",
+    dtype: str = "float32",
+    max_batch: int = 8,
+    max_queue: int = 64,
+    name: str | None = None,
+) -> Any:
+    """A :class:`~gpt2kit.serve.app.ServedModel` for a checkpoint: its model in ``dtype`` behind an engine."""
+    from gpt2kit.batching import BatchingEngine
+    from gpt2kit.chat.template import ChatTemplate
+    from gpt2kit.decoding import load_for_decoding
+    from gpt2kit.serve.app import ServedModel
+
+    module, model = load_for_decoding(ckpt, device, dtype)
+    if module.tokenizer is None:
+        raise GPT2KitError(
+            f"checkpoint {ckpt} carries no tokenizer to read prompts with: "
+            "re-import it with `import-hf ... --tokenizer tokenizer.json`"
+        )
+    template = ChatTemplate.from_dict(module.chat_template) if module.chat_template is not None else None
+    engine = BatchingEngine(model, module.tokenizer, max_batch=max_batch, max_queue=max_queue)
+    return ServedModel(engine, module.tokenizer, name or Path(ckpt).stem, template)
+
+
+def serve_command(
+    ckpt: str,
+    dtype: Literal["float32", "bfloat16", "int8"] = "float32",
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    max_batch: int = 8,
+    max_queue: int = 64,
+    api_key: str | None = None,
+    device: str = "cpu",
+    model_name: str | None = None,
+    max_body_bytes: int = 1 << 20,
+) -> None:
+    """Serve a checkpoint: an OpenAI-compatible API (/v1/completions, /v1/chat/completions) and a chat page.
+
+    Args:
+        ckpt: a gpt2kit checkpoint; a chat checkpoint gets both endpoints, a plain language model completions.
+        dtype: weight dtype; int8 (CPU) reads a quarter of float32's bytes per token.
+        host: address to listen on; the default serves this machine only.
+        port: TCP port (0: any free port).
+        max_batch: requests decoding at once (slots of the continuous batch).
+        max_queue: requests waiting for a slot beyond which the server answers 429.
+        api_key: a key every route but /health and the page needs (Authorization: Bearer KEY); default:
+            the GPT2KIT_API_KEY environment variable, else no key.
+        device: torch device to run on (cpu, cuda, cuda:1, mps).
+        model_name: the model id clients pass as "model" (default: the checkpoint's file name, no suffix).
+        max_body_bytes: larger request bodies are refused with 413.
+    """
+    try:
+        import uvicorn
+
+        from gpt2kit.serve.app import create_app
+    except ImportError as exc:
+        raise GPT2KitError(
+            f"serving needs the 'serve' extra ({exc.name} is missing): pip install 'gpt2kit[serve]'"
+        ) from None
+    api_key = api_key or os.environ.get(API_KEY_ENV) or None
+    served = load_served_model(ckpt, device, dtype, max_batch, max_queue, model_name)
+    app = create_app(served, api_key=api_key, max_body_bytes=max_body_bytes)
+    sock = bind(host, port)
+    url = f"http://{host if ':' not in host else f'[{host}]'}:{sock.getsockname()[1]}"
+    log.info("serving %s (%s, %s, %d slots)", served.name, "chat + completions" if served.template else
+             "completions only", dtype, max_batch)  # fmt: skip
+    log.info("chat page: %s/", url)
+    log.info("API:       %s/v1  (model id: %s%s)", url, served.name, ", key required" if api_key else "")
+    if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
+        log.warning("listening on %s without --api_key: anyone who can reach it can use the model", host)
+    server = GracefulServer(
+        uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=5), served.engine
+    )
+    server.run(sockets=[sock])
+    log.info("stopped")
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening TCP socket (bound before uvicorn starts, so port 0 tells the real port at once)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise GPT2KitError(
+            f"cannot listen on {host}:{port}: {exc.strerror}: pick another --port or --host"
+        ) from None
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def _server_class():
+    import uvicorn
+
+    class _GracefulServer(uvicorn.Server):
+        """uvicorn's server, which on Ctrl-C / SIGTERM first ends every running request with a final event.
+
+        uvicorn waits for open connections before it shuts the application down; streams would hold it
+        until they finished. Asking the engine to abort (without waiting) ends each stream at its next
+        token boundary with finish_reason "abort" and ``[DONE]``, so the wait is short.
+        """
+
+        def __init__(self, config, engine) -> None:
+            super().__init__(config)
+            self.engine = engine
+
+        def handle_exit(self, sig, frame) -> None:
+            self.engine.stop(wait=False)
+            super().handle_exit(sig, frame)
+            # uvicorn re-raises a captured signal after shutting down (SIGINT then ends in a traceback);
+            # the stop was graceful, so the command ends normally instead (exit code 0).
+            self._captured_signals.clear()
+
+    return _GracefulServer
+
+
+def GracefulServer(config, engine):  # noqa: N802 (a class made on demand: uvicorn is an optional dependency)
+    """A uvicorn server that aborts the engine's requests first when asked to exit."""
+    return _server_class()(config, engine)
