@@ -1,4 +1,4 @@
-"""Text → token-id shards: ``train.bin`` and ``val.bin`` (flat memmaps), ``tokenizer.json``, ``meta.json``.
+"""Text → token-id shards: ``train.bin`` and ``val.bin`` (flat memmaps), the tokenizer, ``meta.json``.
 
 Preparation streams: documents are read in pieces, tokenized in batches (``encode_batch``) and appended
 to the shards as they go, so memory does not grow with the corpus. Documents are separated by the
@@ -37,8 +37,13 @@ import numpy as np
 from gpt2kit.data.sources import Document, TextSource
 from gpt2kit.errors import GPT2KitError
 from gpt2kit.tokenizers import Tokenizer
+from gpt2kit.tokenizers.hf_export import HF_TOKENIZER_FILE, save_tokenizer_json
 
 log = logging.getLogger(__name__)
+
+TOKENIZER_FILE = "gpt2kit_tokenizer.json"
+"""gpt2kit's own serialisation of the tokenizer in a prepared folder (``tokenizer.json`` is the Hugging Face
+one, written beside it when the tokenizer has a `tokenizers` equivalent)."""
 
 FORMAT_VERSION = 2
 BATCH_CHARS = 1 << 20
@@ -85,11 +90,12 @@ def load_prepared(path: Path, key: str, cls: type[P]) -> P | None:
     ``key``, else None (missing, interrupted, or prepared from another request)."""
     try:
         meta = json.loads((path / "meta.json").read_text())
+        if meta.get("key") != key:
+            return None
+        saved = (path / TOKENIZER_FILE).read_text(encoding="utf-8")
     except (OSError, ValueError):
         return None
-    if meta.get("key") != key:
-        return None
-    return cls(path, meta, Tokenizer.from_json((path / "tokenizer.json").read_text(encoding="utf-8")))
+    return cls(path, meta, Tokenizer.from_json(saved))
 
 
 def publish(tmp: Path, out: Path, key: str, meta: dict[str, Any], tokenizer: Tokenizer, cls: type[P]) -> P:
@@ -97,7 +103,8 @@ def publish(tmp: Path, out: Path, key: str, meta: dict[str, Any], tokenizer: Tok
 
     If another process (a DDP rank) published the same request first, its folder is the result.
     """
-    (tmp / "tokenizer.json").write_text(tokenizer.to_json(), encoding="utf-8")
+    (tmp / TOKENIZER_FILE).write_text(tokenizer.to_json(), encoding="utf-8")
+    save_tokenizer_json(tokenizer, tmp / HF_TOKENIZER_FILE)  # the same, for `tokenizers` and transformers
     (tmp / "meta.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False))
     shutil.rmtree(out, ignore_errors=True)  # a stale or partial folder of the same name
     try:
