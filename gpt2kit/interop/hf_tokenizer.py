@@ -21,7 +21,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-from gpt2kit.errors import GPT2KitError
 from gpt2kit.tokenizers import EOT, Tokenizer
 from gpt2kit.tokenizers.hf_export import backend_for
 
