@@ -102,6 +102,15 @@ class GPT2KitCLI(LightningCLI):
         # Only data that has a tokenizer decides vocab_size: prompts for `predict` keep the checkpoint's.
         parser.link_arguments("data.vocab_size", "model.arch.vocab_size", apply_on="instantiate")
 
+    def before_instantiate_classes(self) -> None:
+        """``hf:NAME`` in ``model.init_from`` and a CheckpointTokenizer's ``path``: the imported checkpoint."""
+        from gpt2kit.interop.hub import is_hub_name, resolve_checkpoint
+
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        for key, value in config.items(branches=False):
+            if key.split(".")[-1] in ("init_from", "path") and is_hub_name(value):
+                config[key] = resolve_checkpoint(value)
+
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Any]) -> Any:
         from lightning.pytorch.plugins.io import CheckpointIO
 
@@ -255,7 +264,9 @@ def load_for_decoding(ckpt: str, device: str, dtype: str):
     from gpt2kit.checkpoint import load_module
     from gpt2kit.quantize import quantize_int8
 
-    module = load_module(ckpt, map_location=_device(device))
+    from gpt2kit.interop.hub import resolve_checkpoint
+
+    module = load_module(resolve_checkpoint(ckpt), map_location=_device(device))  # hf:NAME too
     if dtype == "int8":
         return module, quantize_int8(module.model)
     return module, module.to(getattr(torch, dtype)).model
@@ -279,13 +290,15 @@ def import_hf_command(hf_dir: str, out: str, tokenizer: str | None = None) -> No
     """Turn a Hugging Face GPT-2 folder (config.json + model.safetensors) into a gpt2kit checkpoint.
 
     Args:
-        hf_dir: the Hugging Face model folder (e.g. a downloaded `gpt2` snapshot).
+        hf_dir: the Hugging Face model folder (e.g. a downloaded `gpt2` snapshot), or a hub name:
+            hf:gpt2, hf:ORG/NAME@REVISION.
         out: the checkpoint file to write (.ckpt).
         tokenizer: a gpt2kit tokenizer JSON to store instead of the folder's own tokenizer.
     """
     from gpt2kit.interop.hf import import_hf
+    from gpt2kit.interop.hub import resolve_folder
 
-    print(f"wrote {import_hf(hf_dir, out, tokenizer)}")
+    print(f"wrote {import_hf(resolve_folder(hf_dir), out, tokenizer)}")
 
 
 def export_hf_command(ckpt: str, out_dir: str) -> None:
