@@ -262,9 +262,8 @@ def load_for_decoding(ckpt: str, device: str, dtype: str):
     import torch
 
     from gpt2kit.checkpoint import load_module
-    from gpt2kit.quantize import quantize_int8
-
     from gpt2kit.interop.hub import resolve_checkpoint
+    from gpt2kit.quantize import quantize_int8
 
     module = load_module(resolve_checkpoint(ckpt), map_location=_device(device))  # hf:NAME too
     if dtype == "int8":
