@@ -7,6 +7,7 @@
     python -m gpt2kit predict --config recipes/predict/completions.yaml --ckpt_path CKPT --data.prompts FILE
     python -m gpt2kit import-hf HF_DIR OUT.ckpt        # Hugging Face GPT-2 folder → checkpoint
     python -m gpt2kit export-hf CKPT OUT_DIR           # and back
+    python -m gpt2kit evaluate --ckpt CKPT_OR_hf:gpt2 --tasks shakespeare_mc,hellaswag [--limit N]
     python -m gpt2kit list [KIND] [PATTERN]
     python -m gpt2kit ablate --config recipes/ablations/position-encoding.yaml [--parallel N]
 
@@ -30,6 +31,7 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from gpt2kit.ablate import ablate_command
 from gpt2kit.chat.repl import chat_command  # and gpt2kit.chat: ChatDataModule by its short name
 from gpt2kit.errors import GPT2KitError
+from gpt2kit.evaluate import evaluate_command
 from gpt2kit.registry import export_plugins, failed_plugins, kinds, list_components, load_plugins, registry
 
 log = logging.getLogger("gpt2kit")
@@ -360,6 +362,7 @@ COMMANDS: dict[str, Callable[..., None]] = {
     "import-hf": import_hf_command,
     "export-hf": export_hf_command,
     "ablate": ablate_command,
+    "evaluate": evaluate_command,
 }
 POSITIONAL = {import_hf_command, export_hf_command}
 """Commands whose required arguments are positional (``import-hf HF_DIR OUT``)."""
