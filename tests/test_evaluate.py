@@ -220,3 +220,17 @@ def _classifier():
     from gpt2kit.nn.heads import SequenceClassificationHead
 
     return functools.partial(SequenceClassificationHead, num_classes=3)
+
+
+def test_shipped_offline_tasks_run(exported):
+    """recipes/eval's tasks (built from GPT2KIT_DATA's corpora) run with no network."""
+    _, ckpt, _, module = exported
+    if isinstance(module.tokenizer, CharTokenizer):
+        pytest.skip("Chinese text needs a byte-level tokenizer: checked with the BPE model")
+    tasks = ["shakespeare_mc", "zh_poetry_mc", "shakespeare_ppl"]
+    results = run_tasks(GPT2KitLM(ckpt=str(ckpt), batch_size=4), tasks, limit=3)
+    got = metrics(results)
+    for task in ("shakespeare_mc", "zh_poetry_mc"):
+        assert 0.0 <= got[f"{task}/acc"] <= 1.0
+        assert results["n-samples"][task]["effective"] == 3
+    assert got["shakespeare_ppl/bits_per_byte"] > 0
