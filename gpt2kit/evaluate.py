@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+from lightning.pytorch import Callback
 
 from gpt2kit.errors import GPT2KitError
 
@@ -137,6 +138,12 @@ class GPT2KitLM(TemplateLM):
         self, requests: Sequence[tuple[Any, list[int], list[int]]], disable_tqdm: bool = False, **kwargs: Any
     ) -> list[tuple[float, bool]]:
         """(sum of log p(continuation | context), greedy?) per (key, context ids, continuation ids)."""
+        too_long = next((len(c) for _, _, c in requests if len(c) > self.max_length), None)
+        if too_long is not None:
+            raise GPT2KitError(
+                f"a continuation of {too_long} tokens does not fit the model's context of {self.max_length} "
+                "tokens: evaluate a model with a longer block_size, or a task with shorter answers"
+            )
         order = sorted(range(len(requests)), key=lambda i: -len(requests[i][1]) - len(requests[i][2]))
         results: list[tuple[float, bool] | None] = [None] * len(requests)
         for start in range(0, len(order), self.batch_size_per_gpu):
@@ -404,6 +411,74 @@ def metrics(results: dict[str, Any]) -> dict[str, float]:
             name = metric if filt in ("", "none") else f"{metric}_{filt}"
             flat[f"{task}/{name}"] = float(value)
     return flat
+
+
+# -- during training --------------------------------------------------------------------------------------
+
+
+class LMEvalCallback(Callback):
+    """Runs lm-eval tasks on the model at validation and logs ``eval/<task>/<metric>`` to the logger.
+
+    In a recipe (it is found by its class path; the training layer never imports it)::
+
+        trainer:
+          callbacks:
+            - class_path: gpt2kit.evaluate.LMEvalCallback
+              init_args: {tasks: [shakespeare_mc], limit: 100}
+
+    The metrics land in the run's metrics.csv beside val_loss, so an ablation can rank by one
+    (``metric: eval/shakespeare_mc/acc``). Tasks are evaluated on rank 0 and the numbers broadcast.
+    """
+
+    def __init__(
+        self,
+        tasks: list[str],
+        limit: float | None = 100,
+        every_n_validations: int = 1,
+        batch_size: int = 8,
+        num_fewshot: int | None = None,
+        include_path: list[str] | None = None,
+    ) -> None:
+        """
+        Args:
+            tasks: lm-eval task names (gpt2kit's offline ones, e.g. shakespeare_mc, or lm-eval's).
+            limit: examples per task (>= 1, or a fraction in (0, 1)); None: all (slow for large tasks).
+            every_n_validations: evaluate at every n-th validation (the last validation of a fit included).
+            batch_size: requests per forward pass.
+            num_fewshot: examples shown before each question (None: the task's default).
+            include_path: more folders of task YAMLs.
+        """
+        _require_lm_eval()
+        if limit is not None and limit <= 0:
+            raise GPT2KitError(f"LMEvalCallback limit={limit} evaluates nothing: give >= 1, or None for all")
+        if every_n_validations < 1:
+            raise GPT2KitError(f"LMEvalCallback every_n_validations={every_n_validations} must be >= 1")
+        self.tasks = list(tasks)
+        self.limit = limit
+        self.every_n_validations = every_n_validations
+        self.batch_size = batch_size
+        self.num_fewshot = num_fewshot
+        self.include_path = list(include_path or [])
+        self._validations = 0
+
+    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        task_manager(self.tasks, self.include_path)  # an unknown task fails now, not after an epoch
+
+    def on_validation_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        if trainer.sanity_checking:
+            return
+        self._validations += 1
+        if (self._validations - 1) % self.every_n_validations:
+            return
+        values: dict[str, float] = {}
+        if trainer.is_global_zero:
+            lm = GPT2KitLM(model=pl_module.model, tokenizer=pl_module.tokenizer, batch_size=self.batch_size)
+            with torch.no_grad():
+                results = run_tasks(lm, self.tasks, self.limit, self.num_fewshot, self.include_path)
+            values = {f"eval/{name}": value for name, value in metrics(results).items()}
+        values = trainer.strategy.broadcast(values, src=0)
+        for name, value in values.items():
+            pl_module.log(name, value, on_step=False, on_epoch=True, sync_dist=False)
 
 
 # -- the command ------------------------------------------------------------------------------------------
