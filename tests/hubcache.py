@@ -20,8 +20,11 @@ TINY = dict(n_layer=2, n_head=2, n_embd=32, n_positions=64)
 """The hub model's sizes, for recipe overrides (--model.arch.*)."""
 
 
-def build_hub_cache(hf_home: Path, shared_data: Path, repo: str = "openai-community/gpt2", seed: int = 0):
-    """Write a tiny GPT-2 into ``hf_home``'s hub cache under ``repo`` (revision main); returns the model."""
+def build_hub_cache(
+    hf_home: Path, shared_data: Path, repo: str = "openai-community/gpt2", seed: int = 0, sizes: dict | None = None
+):
+    """Write a random GPT-2 (``sizes``, default :data:`TINY`) into ``hf_home``'s hub cache under ``repo``
+    (revision main); returns the model."""
     import transformers
 
     root = Path(hf_home) / "hub" / f"models--{repo.replace('/', '--')}"
@@ -30,7 +33,7 @@ def build_hub_cache(hf_home: Path, shared_data: Path, repo: str = "openai-commun
     (root / "refs").mkdir(exist_ok=True)
     (root / "refs" / "main").write_text(COMMIT)
     torch.manual_seed(seed)
-    config = transformers.GPT2Config(**TINY, vocab_size=50257, initializer_range=0.1)
+    config = transformers.GPT2Config(**(sizes or TINY), vocab_size=50257, initializer_range=0.1)
     model = transformers.GPT2LMHeadModel(config).eval()
     model.save_pretrained(snap)
     shutil.copy(shared_data / "gpt2-bpe" / "encoder.json", snap / "vocab.json")
