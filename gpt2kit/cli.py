@@ -239,7 +239,7 @@ def generate_command(
     if tok is None:
         raise GPT2KitError(
             f"checkpoint {ckpt} carries no tokenizer to read the prompt with: "
-            "re-import it with `import-hf ... --tokenizer tokenizer.json`"
+            "re-import it with `import-hf ... --tokenizer gpt2kit_tokenizer.json`"
         )
     ids = [encode_prompt(tok, text) for text in prompts]  # every prompt is checked before sampling
     n = 0

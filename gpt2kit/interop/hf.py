@@ -169,7 +169,7 @@ def import_hf(hf_dir: str | Path, out: str | Path, tokenizer: str | Path | None 
     Args:
         hf_dir: folder with config.json and model.safetensors (or pytorch_model.bin).
         out: the checkpoint file to write (.ckpt).
-        tokenizer: a gpt2kit tokenizer JSON (e.g. a prepared dataset's tokenizer.json) to store
+        tokenizer: a gpt2kit tokenizer JSON (e.g. a prepared dataset's gpt2kit_tokenizer.json) to store
             instead of the folder's own tokenizer.
     """
     from gpt2kit.checkpoint import load_weights, save_checkpoint
@@ -191,7 +191,10 @@ def import_hf(hf_dir: str | Path, out: str | Path, tokenizer: str | Path | None 
     if tokenizer is not None:
         path = Path(tokenizer)
         if not path.is_file():
-            raise GPT2KitError(f"tokenizer file '{path}' does not exist: give a gpt2kit tokenizer.json")
+            raise GPT2KitError(
+                f"tokenizer file '{path}' does not exist: give a gpt2kit tokenizer JSON "
+                "(a prepared dataset's gpt2kit_tokenizer.json)"
+            )
         module.tokenizer = Tokenizer.from_json(path.read_text(encoding="utf-8"))
     else:
         module.tokenizer = read_tokenizer(hf_dir)
