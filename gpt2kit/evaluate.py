@@ -89,6 +89,9 @@ class GPT2KitLM(TemplateLM):
         """
         _require_lm_eval()
         super().__init__()
+        if str(device).startswith("cuda") and not torch.cuda.is_available():
+            log.warning("device=%s but CUDA is not available here: evaluating on the CPU", device)
+            device = "cpu"  # as lm-eval's hf backend does (its command line asks for cuda by default)
         if model is None:
             if ckpt is None:
                 raise GPT2KitError("give the checkpoint to evaluate: ckpt=PATH (or hf:NAME)")
@@ -406,7 +409,9 @@ def metrics(results: dict[str, Any]) -> dict[str, float]:
     for task, values in results.get("results", {}).items():
         for key, value in values.items():
             metric, _, filt = key.partition(",")
-            if metric == "alias" or metric.endswith("_stderr") or not isinstance(value, int | float):
+            if metric in ("alias", "sample_len", "samples") or metric.endswith("_stderr"):
+                continue
+            if isinstance(value, bool) or not isinstance(value, int | float):
                 continue
             name = metric if filt in ("", "none") else f"{metric}_{filt}"
             flat[f"{task}/{name}"] = float(value)
@@ -538,6 +543,10 @@ def evaluate_command(
 def lm_eval_main() -> None:
     """lm-eval's own command line with the ``gpt2kit`` model registered (``gpt2kit-lm-eval``)."""
     _require_lm_eval()
+    import sys
+
     from lm_eval.__main__ import cli_evaluate
 
+    if OFFLINE_TASKS.is_dir() and not any(a.startswith("--include_path") for a in sys.argv):
+        sys.argv += ["--include_path", str(OFFLINE_TASKS)]  # gpt2kit's offline tasks by name
     cli_evaluate()

@@ -21,7 +21,11 @@ TINY = dict(n_layer=2, n_head=2, n_embd=32, n_positions=64)
 
 
 def build_hub_cache(
-    hf_home: Path, shared_data: Path, repo: str = "openai-community/gpt2", seed: int = 0, sizes: dict | None = None
+    hf_home: Path,
+    shared_data: Path,
+    repo: str = "openai-community/gpt2",
+    seed: int = 0,
+    sizes: dict | None = None,
 ):
     """Write a random GPT-2 (``sizes``, default :data:`TINY`) into ``hf_home``'s hub cache under ``repo``
     (revision main); returns the model."""
