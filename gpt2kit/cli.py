@@ -7,6 +7,7 @@
     python -m gpt2kit predict --config recipes/predict/completions.yaml --ckpt_path CKPT --data.prompts FILE
     python -m gpt2kit import-hf HF_DIR OUT.ckpt        # Hugging Face GPT-2 folder → checkpoint
     python -m gpt2kit export-hf CKPT OUT_DIR           # and back
+    python -m gpt2kit evaluate --ckpt CKPT_OR_hf:gpt2 --tasks shakespeare_mc,hellaswag [--limit N]
     python -m gpt2kit list [KIND] [PATTERN]
     python -m gpt2kit ablate --config recipes/ablations/position-encoding.yaml [--parallel N]
 
@@ -27,6 +28,7 @@ from gpt2kit.ablate import ablate_command
 from gpt2kit.chat.repl import chat_command  # and gpt2kit.chat: ChatDataModule by its short name
 from gpt2kit.components import list_components, load_builtins
 from gpt2kit.errors import GPT2KitError, user_error
+from gpt2kit.evaluate import evaluate_command
 from gpt2kit.lightning_cli import lightning_main, prepare_command
 from gpt2kit.parsing import CommandParser, program_args
 from gpt2kit.registry import export_plugins, failed_plugins, load_plugins
@@ -125,7 +127,7 @@ def generate_command(
     if tok is None:
         raise GPT2KitError(
             f"checkpoint {ckpt} carries no tokenizer to read the prompt with: "
-            "re-import it with `import-hf ... --tokenizer tokenizer.json`"
+            "re-import it with `import-hf ... --tokenizer gpt2kit_tokenizer.json`"
         )
     ids = [encode_prompt(tok, text) for text in prompts]  # every prompt is checked before sampling
     n = 0
@@ -149,13 +151,15 @@ def import_hf_command(hf_dir: str, out: str, tokenizer: str | None = None) -> No
     """Turn a Hugging Face GPT-2 folder (config.json + model.safetensors) into a gpt2kit checkpoint.
 
     Args:
-        hf_dir: the Hugging Face model folder (e.g. a downloaded `gpt2` snapshot).
+        hf_dir: the Hugging Face model folder (e.g. a downloaded `gpt2` snapshot), or a hub name:
+            hf:gpt2, hf:ORG/NAME@REVISION.
         out: the checkpoint file to write (.ckpt).
         tokenizer: a gpt2kit tokenizer JSON to store instead of the folder's own tokenizer.
     """
     from gpt2kit.interop.hf import import_hf
+    from gpt2kit.interop.hub import resolve_folder
 
-    print(f"wrote {import_hf(hf_dir, out, tokenizer)}")
+    print(f"wrote {import_hf(resolve_folder(hf_dir), out, tokenizer)}")
 
 
 def export_hf_command(ckpt: str, out_dir: str) -> None:
@@ -190,6 +194,7 @@ COMMANDS: dict[str, Callable[..., None]] = {
     "export-hf": export_hf_command,
     "ablate": ablate_command,
     "serve": serve_command,
+    "evaluate": evaluate_command,
 }
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
 """LightningCLI's subcommands (:mod:`gpt2kit.lightning_cli`)."""

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from gpt2kit.checkpoint import load_module
 from gpt2kit.errors import GPT2KitError
+from gpt2kit.interop.hub import resolve_checkpoint
 from gpt2kit.quantize import quantize_int8
 
 if TYPE_CHECKING:
@@ -21,7 +22,7 @@ def load_for_decoding(ckpt: str, device: str, dtype: str) -> tuple[GPTLitModule,
     """A checkpoint's module, and its model on ``device`` with weights in ``dtype`` (or int8) to decode with."""
     import torch
 
-    module = load_module(ckpt, map_location=check_device(device))
+    module = load_module(resolve_checkpoint(ckpt), map_location=check_device(device))  # hf:NAME too
     if dtype == "int8":
         return module, quantize_int8(module.model)
     return module, module.to(getattr(torch, dtype)).model

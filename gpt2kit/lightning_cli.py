@@ -48,6 +48,15 @@ class GPT2KitCLI(LightningCLI):
         # Only data that has a tokenizer decides vocab_size: prompts for `predict` keep the checkpoint's.
         parser.link_arguments("data.vocab_size", "model.arch.vocab_size", apply_on="instantiate")
 
+    def before_instantiate_classes(self) -> None:
+        """``hf:NAME`` in ``model.init_from`` and a CheckpointTokenizer's ``path``: the imported checkpoint."""
+        from gpt2kit.interop.hub import is_hub_name, resolve_checkpoint
+
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        for key, value in config.items(branches=False):
+            if key.split(".")[-1] in ("init_from", "path") and is_hub_name(value):
+                config[key] = resolve_checkpoint(value)
+
     def _parse_ckpt_path(self) -> None:
         subcommand = self.config.get("subcommand")
         path = self.config[subcommand].get("ckpt_path") if subcommand else None

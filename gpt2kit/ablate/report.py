@@ -50,7 +50,7 @@ class Result:
 
     def best(self, metric: str) -> float | None:
         curve = self.val.get(metric) or {}
-        return min(curve.values()) if curve else None
+        return (max if higher_is_better(metric) else min)(curve.values()) if curve else None
 
     def row(self) -> dict[str, Any]:
         return {
@@ -142,7 +142,8 @@ def collect(runs: Sequence[Run]) -> list[Result]:
             run, status, error=state.get("error") or run.error, wall_time_s=state.get("wall_time_s")
         )
         rows = read_metrics(run)
-        for metric in ("val_loss", "val_bpb"):
+        logged = {k for r in rows for k in r if k in ("val_loss", "val_bpb") or k.startswith("eval/")}
+        for metric in sorted(logged):  # the validation losses and any downstream metric (LMEvalCallback)
             curve = {int(r["step"]): r[metric] for r in rows if metric in r}
             if curve:
                 result.val[metric] = curve
@@ -178,6 +179,12 @@ def ranking_metric(study: Study, runs: Sequence[Run]) -> str:
     if study.metric is not None:
         return study.metric
     return "val_bpb" if _varies(runs, "data.init_args.tokenizer") else "val_loss"
+
+
+def higher_is_better(metric: str) -> bool:
+    """Accuracy-like logged metrics (eval/<task>/acc) rank high first; losses, perplexities, bits low first."""
+    lower = ("loss", "bpb", "perplexity", "bits_per_byte", "ppl")
+    return metric.startswith("eval/") and not metric.rsplit("/", 1)[-1].endswith(lower)
 
 
 def _stats(values: Sequence[float | None]) -> tuple[float, float] | None:
@@ -230,7 +237,7 @@ def summarize(study: Study, results: Sequence[Result]) -> tuple[list[Row], str]:
 
     def key(row: Row) -> tuple[int, float]:
         s = row.stats("final", metric)
-        return (0, s[0]) if s is not None else (1, 0.0)
+        return (0, -s[0] if higher_is_better(metric) else s[0]) if s is not None else (1, 0.0)
 
     return sorted(rows, key=key), metric
 
@@ -239,7 +246,9 @@ def write_report(study: Study, results: Sequence[Result], path: Path, plot: str 
     rows, metric = summarize(study, results)
     runs = [r.run for r in results]
     other = "val_loss" if metric == "val_bpb" else "val_bpb"
-    names = {"val_loss": "val loss", "val_bpb": "val bpb"}
+    names = {metric: metric, "val_loss": "val loss", "val_bpb": "val bpb"}
+    unit = {"val_bpb": "bits per byte of text", "val_loss": "nats per token"}.get(metric, "a logged metric")
+    better = "higher is better" if higher_is_better(metric) else "lower is better"
     base = next(row for row in rows if row.variant == study.baseline)
     base_stats = base.stats("final", metric)
     n_seeds = len(study.seeds)
@@ -250,8 +259,7 @@ def write_report(study: Study, results: Sequence[Result], path: Path, plot: str 
         f"{len(study.variants)} variants × {n_seeds} seed{'s' if n_seeds > 1 else ''} "
         f"({', '.join(map(str, study.seeds))}); {_held_equal(runs)}.",
         "",
-        f"Ranked by final {names[metric]} ({'bits per byte of text' if metric == 'val_bpb' else 'nats per token'}; "
-        "lower is better), mean ± std over seeds; Δ is the difference of the means from the baseline; "
+        f"Ranked by final {names[metric]} ({unit}; {better}), mean ± std over seeds; Δ is the difference of the means from the baseline; "
         "wall time is the training time of one run (fit start to end).",
         "",
     ]
@@ -383,7 +391,11 @@ def write_plot(study: Study, results: Sequence[Result], path: Path) -> bool:
                 steps, [min(v) for v in values], [max(v) for v in values], color=line.get_color(), alpha=0.18
             )
     ax.set_xlabel("step")
-    ax.set_ylabel({"val_loss": "validation loss (nats/token)", "val_bpb": "validation bits per byte"}[metric])
+    ax.set_ylabel(
+        {"val_loss": "validation loss (nats/token)", "val_bpb": "validation bits per byte"}.get(
+            metric, metric
+        )
+    )
     ax.set_title(f"{study.name}: mean over {len(study.seeds)} seed(s), range shaded")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)

@@ -93,7 +93,8 @@ class Study:
     baseline: str
     plugins: list[str] = field(default_factory=list)
     metric: str | None = None
-    """``val_loss`` or ``val_bpb`` to rank by; None: bits per byte when the tokenizer varies, else loss."""
+    """``val_loss``, ``val_bpb`` or a logged ``eval/<task>/<metric>`` to rank by; None: bits per byte when
+    the tokenizer varies, else loss."""
 
 
 def _one_of(value: Any, kind: type | tuple[type, ...], what: str, example: str) -> Any:
@@ -152,8 +153,11 @@ def load_study(path: str | Path, out_dir: str | Path | None = None) -> Study:
     plugins = [plugins] if isinstance(plugins, str) else plugins
     _one_of(plugins, list, "plugins", "a list of module names")
     metric = raw.get("metric")
-    if metric not in (None, "val_loss", "val_bpb"):
-        raise GPT2KitError(f"{path}: metric must be val_loss or val_bpb (or left out), got {metric!r}")
+    if metric is not None and not (metric in ("val_loss", "val_bpb") or str(metric).startswith("eval/")):
+        raise GPT2KitError(
+            f"{path}: metric must be val_loss, val_bpb or a logged eval/<task>/<metric> (LMEvalCallback, "
+            f"e.g. eval/shakespeare_mc/acc), or left out; got {metric!r}"
+        )
     out = Path(out_dir if out_dir is not None else raw.get("out_dir") or Path("runs") / "ablations" / name)
     return Study(
         name=name,

@@ -25,11 +25,13 @@ from typing import Any, TypeVar
 import numpy as np
 
 from gpt2kit.tokenizers import Tokenizer
+from gpt2kit.tokenizers.hf_export import HF_TOKENIZER_FILE, save_tokenizer_json
 
 log = logging.getLogger(__name__)
 
-TOKENIZER_FILE = "tokenizer.json"
-"""The prepared data's tokenizer (gpt2kit's own JSON): its one name, used for writing and reading."""
+TOKENIZER_FILE = "gpt2kit_tokenizer.json"
+"""The prepared data's tokenizer in gpt2kit's own JSON: its one name, used for writing and reading.
+(``tokenizer.json`` beside it is the same tokenizer as a Hugging Face ``tokenizers`` file.)"""
 META_FILE = "meta.json"
 """What the folder holds and was made from; written last, so that its presence marks it complete."""
 
@@ -60,6 +62,7 @@ def request_key(request: dict[str, Any]) -> str:
 
 def write_tokenizer(folder: Path, tokenizer: Tokenizer) -> None:
     (folder / TOKENIZER_FILE).write_text(tokenizer.to_json(), encoding="utf-8")
+    save_tokenizer_json(tokenizer, folder / HF_TOKENIZER_FILE)  # for `tokenizers` and transformers
 
 
 def read_tokenizer(folder: Path) -> Tokenizer:

@@ -48,6 +48,9 @@ WEIGHTS = ("model.safetensors", "pytorch_model.bin")
 TOKENIZER_FILE = "gpt2kit_tokenizer.json"
 """Written by export next to the Hugging Face files, so that import restores a gpt2kit tokenizer exactly."""
 
+HF_CONFIG = "hf_config"
+"""The key, under a checkpoint's ``gpt2kit`` entry, of the config.json an imported model came with."""
+
 _CONV1D = re.compile(r"blocks\.\d+\.(attn\.c_attn|attn\.c_proj|mlp\.c_fc|mlp\.c_proj)\.weight$")
 _BUFFERS = re.compile(r"h\.\d+\.attn\.(bias|masked_bias)$")  # causal-mask buffers of old checkpoints
 _GELU_TANH = ("gelu_new", "gelu_pytorch_tanh")
@@ -168,7 +171,7 @@ def import_hf(hf_dir: str | Path, out: str | Path, tokenizer: str | Path | None 
     Args:
         hf_dir: folder with config.json and model.safetensors (or pytorch_model.bin).
         out: the checkpoint file to write (.ckpt).
-        tokenizer: a gpt2kit tokenizer JSON (e.g. a prepared dataset's tokenizer.json) to store
+        tokenizer: a gpt2kit tokenizer JSON (e.g. a prepared dataset's gpt2kit_tokenizer.json) to store
             instead of the folder's own tokenizer.
     """
     from gpt2kit.checkpoint import load_weights, save_checkpoint
@@ -182,10 +185,16 @@ def import_hf(hf_dir: str | Path, out: str | Path, tokenizer: str | Path | None 
     )
     module = GPTLitModule(arch, **parts.as_dict())
     load_weights(module, state_from_hf(weights), source=str(hf_dir))
+    from gpt2kit.interop.hf_tokenizer import read_chat_template
+
+    module.chat_template = read_chat_template(hf_dir)
     if tokenizer is not None:
         path = Path(tokenizer)
         if not path.is_file():
-            raise GPT2KitError(f"tokenizer file '{path}' does not exist: give a gpt2kit tokenizer.json")
+            raise GPT2KitError(
+                f"tokenizer file '{path}' does not exist: give a gpt2kit tokenizer JSON "
+                "(a prepared dataset's gpt2kit_tokenizer.json)"
+            )
         module.tokenizer = Tokenizer.from_json(path.read_text(encoding="utf-8"))
     else:
         module.tokenizer = read_tokenizer(hf_dir)
@@ -200,7 +209,12 @@ def import_hf(hf_dir: str | Path, out: str | Path, tokenizer: str | Path | None 
             f"the tokenizer has {module.tokenizer.vocab_size} tokens but the model only {arch.vocab_size}: "
             "use the tokenizer the model was trained with"
         )
-    return save_checkpoint(module, out)
+    path = save_checkpoint(module, out)
+    # The folder's config.json rides along, so that export writes back every field it had.
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    ckpt.setdefault("gpt2kit", {})[HF_CONFIG] = hf
+    torch.save(ckpt, path)
+    return path
 
 
 def _check_gpt2(module: GPTLitModule) -> float:
@@ -225,8 +239,10 @@ def export_hf(ckpt: str | Path, out_dir: str | Path) -> Path:
     """
     from safetensors.torch import save_file
 
-    from gpt2kit.checkpoint import load_module
+    from gpt2kit.checkpoint import load_module, read_checkpoint
+    from gpt2kit.interop.hf_tokenizer import save_hf_tokenizer
 
+    saved = read_checkpoint(ckpt).get("gpt2kit", {})
     module = load_module(ckpt)
     eps = _check_gpt2(module)
     arch = module.model.config
@@ -240,7 +256,9 @@ def export_hf(ckpt: str | Path, out_dir: str | Path) -> Path:
     save_file(state_to_hf(state), out_dir / "model.safetensors", metadata={"format": "pt"})
     tok = module.tokenizer
     eot = tok.eot_id if tok is not None else None
-    config = {
+    hidden = module.model.blocks[0].mlp.c_fc.out_features
+    # What the weights decide; the rest keeps the values an imported model came with (its config.json).
+    fixed = {
         "architectures": ["GPT2LMHeadModel"],
         "model_type": "gpt2",
         "vocab_size": arch.vocab_size,
@@ -248,23 +266,30 @@ def export_hf(ckpt: str | Path, out_dir: str | Path) -> Path:
         "n_embd": arch.n_embd,
         "n_layer": arch.n_layer,
         "n_head": arch.n_head,
-        "n_inner": module.model.blocks[0].mlp.c_fc.out_features,
-        "activation_function": "gelu_new",
+        "n_inner": None if hidden == 4 * arch.n_embd else hidden,
         "resid_pdrop": arch.dropout,
+        "layer_norm_epsilon": eps,
+        "scale_attn_weights": True,
+        "tie_word_embeddings": True,
+    }
+    defaults = {
+        "activation_function": "gelu_new",
         "embd_pdrop": arch.dropout,
         "attn_pdrop": arch.dropout,
-        "layer_norm_epsilon": eps,
         "initializer_range": 0.02,
-        "scale_attn_weights": True,
         "use_cache": True,
         "bos_token_id": eot,
         "eos_token_id": eot,
-        "tie_word_embeddings": True,
         "torch_dtype": str(next(module.parameters()).dtype).removeprefix("torch."),
     }
+    imported = saved.get(HF_CONFIG) or {}
+    if imported.get("n_inner") == hidden:
+        fixed["n_inner"] = hidden  # written out although it is the default: keep it as it was
+    config = {**defaults, **imported, **fixed}
+    if eot is not None:
+        config["bos_token_id"] = config["eos_token_id"] = eot
     (out_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     if tok is not None:
         (out_dir / TOKENIZER_FILE).write_text(tok.to_json(), encoding="utf-8")
-        if isinstance(tok, HFTokenizer):
-            tok.save_hf(out_dir)
+        save_hf_tokenizer(tok, out_dir, module.chat_template)  # what AutoTokenizer reads
     return out_dir
