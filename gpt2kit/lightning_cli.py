@@ -14,6 +14,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from jsonargparse import Namespace
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
@@ -53,6 +54,8 @@ class GPT2KitCLI(LightningCLI):
         from gpt2kit.interop.hub import is_hub_name, resolve_checkpoint
 
         config = self.config[self.subcommand] if self.subcommand else self.config
+        if not isinstance(config, Namespace):  # recipe_parser(): nothing parsed
+            return
         for key, value in config.items(branches=False):
             if key.split(".")[-1] in ("init_from", "path") and is_hub_name(value):
                 config[key] = resolve_checkpoint(value)

@@ -139,7 +139,7 @@ def test_import_restores_tokenizer_template_and_config(tmp_path):
 
 def test_prepared_data_tokenizer_json_is_a_tokenizers_file(tmp_path):
     """A prepared dataset's tokenizer.json loads with `tokenizers` and gives the dataset's ids."""
-    from gpt2kit.data.prepare import prepare
+    from gpt2kit.data import prepare
 
     src = tmp_path / "corpus.txt"
     src.write_text(_text(5000), encoding="utf-8")
@@ -151,7 +151,6 @@ def test_prepared_data_tokenizer_json_is_a_tokenizers_file(tmp_path):
 
 
 def _prepare(src, root):
-    from gpt2kit.data.prepare import prepare
-    from gpt2kit.data.sources import TextSource
+    from gpt2kit.data import TextSource, prepare
 
     return prepare(TextSource.resolve(str(src)), CharTokenizer(), root, 0.1, progress=False)

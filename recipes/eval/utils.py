@@ -12,24 +12,20 @@ Distractors are drawn with a fixed seed, so a task is the same on every machine.
 
 from __future__ import annotations
 
-import math
 import random
 import re
 
 import datasets
+
+from gpt2kit.data.prepare import held_out
 
 VAL_FRACTION = 0.1
 CHOICES = 4
 SEED = 1234
 
 
-def _held_out(index: int, val_fraction: float = VAL_FRACTION) -> bool:
-    """gpt2kit's rule for whole documents: every 1/val_fraction-th one is validation, evenly spread."""
-    return math.floor((index + 1) * val_fraction) > math.floor(index * val_fraction)
-
-
 def _documents(corpus: str) -> list[str]:
-    from gpt2kit.data.sources import TextSource
+    from gpt2kit.data import TextSource
 
     return ["".join(doc.pieces) for doc in TextSource.resolve(corpus).documents()]
 
@@ -86,7 +82,9 @@ _COUPLET = re.compile(r"^([^，。？！；]{5}|[^，。？！；]{7})，([^，�
 def zh_poetry_mc(**kwargs) -> datasets.DatasetDict:
     """Complete the couplet: a Tang poem's title, its lines so far and a line's first half; the true
     second half and three of the same length from other held-out poems."""
-    poems = [doc.split("\n") for i, doc in enumerate(_documents("chinese-poetry")) if _held_out(i)]
+    poems = [
+        doc.split("\n") for i, doc in enumerate(_documents("chinese-poetry")) if held_out(i, VAL_FRACTION)
+    ]
     rng = random.Random(SEED)
     by_length: dict[int, list[str]] = {}
     items = []
