@@ -30,15 +30,31 @@ from gpt2kit.errors import GPT2KitError
 from gpt2kit.finetune import FreezePolicy
 from gpt2kit.model import GPT, AttentionFactory, HeadFactory, MLPFactory, NormFactory, PositionFactory
 from gpt2kit.nn import CausalSelfAttention, GeluMLP, LayerNorm, LearnedPosition, TiedLMHead
+from gpt2kit.optim import (
+    GPT2AdamW,
+    OptimizerFactory,
+    Schedule,
+    WarmupCosine,
+    build_optimizer,
+    parameter_groups,
+)
 from gpt2kit.tokenizers import Tokenizer
 
 if TYPE_CHECKING:
     from gpt2kit.data.prompts import PromptBatch
 
+DEFAULT_SCHEDULE = WarmupCosine()
+"""The default schedule: 100 warmup steps, cosine to 0.1 × the peak LR at max_steps (GPT-2)."""
+
 
 @dataclass
 class OptimConfig:
-    """AdamW with linear warmup and cosine decay (GPT-2 / nanoGPT defaults)."""
+    """The former ``model.optim`` (AdamW + warmup + cosine), kept so older recipes and checkpoints load.
+
+    New recipes set ``model.optimizer`` and ``model.schedule`` (see :mod:`gpt2kit.optim`); this one is
+    translated into them: ``GPT2AdamW(lr, betas, eps, weight_decay, fused)`` and
+    ``WarmupCosine(warmup_steps, min_lr / lr, decay_steps)``.
+    """
 
     lr: float = 6e-4
     """Peak learning rate, reached at the end of warmup."""
@@ -63,15 +79,23 @@ class OptimConfig:
         if self.warmup_steps < 0:
             raise GPT2KitError(f"warmup_steps={self.warmup_steps} must be >= 0")
 
+    def optimizer(self) -> OptimizerFactory:
+        return functools.partial(
+            GPT2AdamW,
+            lr=self.lr,
+            betas=tuple(self.betas),
+            eps=self.eps,
+            weight_decay=self.weight_decay,
+            fused=self.fused,
+        )
+
+    def schedule(self) -> Schedule:
+        return WarmupCosine(self.warmup_steps, self.min_lr / self.lr, self.decay_steps)
+
 
 def lr_factor(step: int, warmup: int, decay: int, min_ratio: float) -> float:
     """Multiplier of the peak LR at an optimizer step: linear warmup, then cosine down to min_ratio."""
-    if step < warmup:
-        return (step + 1) / (warmup + 1)
-    if step >= decay:
-        return min_ratio
-    progress = (step - warmup) / max(1, decay - warmup)
-    return min_ratio + 0.5 * (1.0 + math.cos(math.pi * progress)) * (1.0 - min_ratio)
+    return WarmupCosine(warmup, min_ratio).factor(step, decay)
 
 
 def component_spec(value: Any) -> Any:
@@ -84,7 +108,7 @@ def component_spec(value: Any) -> Any:
             return {**component_spec(cls), "init_args": dict(value.keywords)}
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return dataclasses.asdict(value)
-    if isinstance(value, FreezePolicy):
+    if isinstance(value, FreezePolicy | Schedule):
         return value.spec()
     return value
 
@@ -100,7 +124,9 @@ class GPTLitModule(L.LightningModule):
         norm: NormFactory = LayerNorm,
         mlp: MLPFactory = GeluMLP,
         head: HeadFactory = TiedLMHead,
-        optim: OptimConfig = OptimConfig(),
+        optimizer: OptimizerFactory = GPT2AdamW,
+        schedule: Schedule = DEFAULT_SCHEDULE,
+        optim: OptimConfig | None = None,
         finetune: FreezePolicy | None = None,
         init_from: str | None = None,
         compile: bool = False,
@@ -115,7 +141,12 @@ class GPTLitModule(L.LightningModule):
             norm: the normalisation layer (before attention, before the MLP and at the end).
             mlp: the feed-forward sub-layer of every block.
             head: the output head.
-            optim: optimizer and learning-rate schedule.
+            optimizer: the optimizer, built from the parameter groups (any torch.optim class by class_path,
+                with its own arguments; gpt2kit.optim.MuonAdamW for Muon + AdamW); see gpt2kit.optim.
+            schedule: the learning-rate schedule, stepped every optimizer step (WarmupCosine,
+                WarmupStableDecay, Linear, Constant).
+            optim: the older form of both (AdamW + warmup + cosine in one section); for older recipes and
+                checkpoints: given, it replaces optimizer and schedule, which must then be left at their defaults.
             finetune: which parameters train, and at what share of the LR (LastNBlocks, LoRA, ...;
                 see gpt2kit.finetune); None: all, at the full LR.
             init_from: a gpt2kit checkpoint whose weights (not optimizer state) the run starts from;
@@ -132,7 +163,14 @@ class GPTLitModule(L.LightningModule):
             for key, value in list(self.hparams.items()):
                 self.hparams[key] = component_spec(value)
             self.hparams["_instantiator"] = "lightning.pytorch.cli.instantiate_module"
-        self.optim = optim
+        if optim is not None:
+            if optimizer is not GPT2AdamW or schedule != DEFAULT_SCHEDULE:
+                raise GPT2KitError(
+                    "model.optim (the older form) and model.optimizer / model.schedule are both set: keep one; "
+                    "e.g. --model.optimizer.init_args.lr instead of --model.optim.lr"
+                )
+            optimizer, schedule = optim.optimizer(), optim.schedule()
+        self.optimizer, self.schedule = optimizer, schedule
         self.model = GPT(arch, attention, position, norm, mlp, head)
         self.finetune = finetune
         self.init_from = init_from
@@ -204,8 +242,8 @@ class GPTLitModule(L.LightningModule):
             return
         raise GPT2KitError(
             f"non-finite training loss {where}, stopped before it changed the weights; last good checkpoint: "
-            f"{self._last_checkpoint() or 'none saved yet'}: resume from it with a lower model.optim.lr or "
-            "longer warmup, or set --model.on_nonfinite skip to drop such batches"
+            f"{self._last_checkpoint() or 'none saved yet'}: resume from it with a lower learning rate (model.optimizer) or "
+            "longer warmup (model.schedule), or set --model.on_nonfinite skip to drop such batches"
         )
 
     def _last_checkpoint(self) -> str | None:
@@ -282,35 +320,17 @@ class GPTLitModule(L.LightningModule):
 
     # -- optimizer --------------------------------------------------------------------------------------
     def param_groups(self) -> list[dict[str, Any]]:
-        """AdamW groups: weight decay on matrices; none on biases, norms and embeddings."""
-        if self.finetune is not None:  # only what the policy trains, each group at its own LR
-            return self.finetune.param_groups(self.model, self.optim.lr, self.optim.weight_decay)
-        decayed = self.model.decayed_parameter_names()
-        decay, no_decay = [], []
-        for name, p in self.model.named_parameters():
-            if p.requires_grad:
-                (decay if name in decayed else no_decay).append(p)
-        return [
-            {"params": decay, "weight_decay": self.optim.weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        ]
+        """The optimizer's groups: GPT-2's decay rule, the fine-tuning policy's LR shares, Muon's matrices."""
+        return parameter_groups(self.model, self.finetune)
 
     def configure_optimizers(self) -> dict[str, Any]:
-        o = self.optim
-        groups = [g for g in self.param_groups() if g["params"]]
-        if not groups:
-            raise GPT2KitError("no trainable parameters: everything is frozen; unfreeze something to train")
-        fused = o.fused if o.fused is not None else self.device.type == "cuda"
-        optimizer = torch.optim.AdamW(groups, lr=o.lr, betas=o.betas, eps=o.eps, fused=fused or None)
-        decay = o.decay_steps
-        if decay is None:
-            decay = (
-                self.trainer.max_steps
-                if self.trainer.max_steps > 0
-                else int(self.trainer.estimated_stepping_batches)
-            )
-        factor = functools.partial(lr_factor, warmup=o.warmup_steps, decay=decay, min_ratio=o.min_lr / o.lr)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        optimizer = build_optimizer(self.optimizer, self.param_groups())
+        max_steps = (
+            self.trainer.max_steps
+            if self.trainer.max_steps > 0
+            else int(self.trainer.estimated_stepping_batches)
+        )
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self.schedule.lambda_for(max_steps))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # -- speed: compile, MFU --------------------------------------------------------------------------------
@@ -372,7 +392,7 @@ class GPTLitModule(L.LightningModule):
             raise GPT2KitError(
                 f"the weights are not finite at step {self.trainer.global_step}: not saving them over the last "
                 f"good checkpoint ({self._last_checkpoint() or 'none saved yet'}); resume from it with a lower "
-                "model.optim.lr"
+                "learning rate (model.optimizer)"
             )
         tokenizer = self.tokenizer.to_dict() if self.tokenizer is not None else None
         checkpoint["gpt2kit"] = {"version": __version__, "tokenizer": tokenizer, "rng": resume.rng_state()}
