@@ -170,6 +170,8 @@ class GPTLitModule(L.LightningModule):
                     "e.g. --model.optimizer.init_args.lr instead of --model.optim.lr"
                 )
             optimizer, schedule = optim.optimizer(), optim.schedule()
+            # The checkpoint records the new form, so that loading it does not see both set.
+            self.hparams.update(optimizer=component_spec(optimizer), schedule=schedule.spec(), optim=None)
         self.optimizer, self.schedule = optimizer, schedule
         self.model = GPT(arch, attention, position, norm, mlp, head)
         self.finetune = finetune
