@@ -145,8 +145,8 @@ class GPTLitModule(L.LightningModule):
                 with its own arguments; gpt2kit.optim.MuonAdamW for Muon + AdamW); see gpt2kit.optim.
             schedule: the learning-rate schedule, stepped every optimizer step (WarmupCosine,
                 WarmupStableDecay, Linear, Constant).
-            optim: the older form of both (AdamW + warmup + cosine in one section); for older recipes and
-                checkpoints: given, it replaces optimizer and schedule, which must then be left at their defaults.
+            optim: the older form of both (AdamW + warmup + cosine in one section), for older recipes and
+                checkpoints: given, it replaces optimizer and schedule (with a warning if they were set too).
             finetune: which parameters train, and at what share of the LR (LastNBlocks, LoRA, ...;
                 see gpt2kit.finetune); None: all, at the full LR.
             init_from: a gpt2kit checkpoint whose weights (not optimizer state) the run starts from;
@@ -163,11 +163,11 @@ class GPTLitModule(L.LightningModule):
             for key, value in list(self.hparams.items()):
                 self.hparams[key] = component_spec(value)
             self.hparams["_instantiator"] = "lightning.pytorch.cli.instantiate_module"
-        if optim is not None:
+        if optim is not None:  # older recipes and checkpoints: it wins, as it did, over both new slots
             if optimizer is not GPT2AdamW or schedule != DEFAULT_SCHEDULE:
-                raise GPT2KitError(
-                    "model.optim (the older form) and model.optimizer / model.schedule are both set: keep one; "
-                    "e.g. --model.optimizer.init_args.lr instead of --model.optim.lr"
+                rank_zero_warn(
+                    "model.optim (the older form: AdamW + warmup + cosine) replaces model.optimizer and "
+                    "model.schedule; set those instead (e.g. --model.optimizer.init_args.lr)"
                 )
             optimizer, schedule = optim.optimizer(), optim.schedule()
             # The checkpoint records the new form, so that loading it does not see both set.

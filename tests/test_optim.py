@@ -141,10 +141,10 @@ def test_legacy_optim_translates_to_the_same_optimizer_and_schedule():
         and opt.param_groups[0]["lr"] == 1e-3
         and opt.param_groups[0]["betas"] == (0.9, 0.99)
     )
-    with pytest.raises(
-        GPT2KitError, match="model.optim .* and model.optimizer / model.schedule are both set"
-    ):
-        GPTLitModule(tiny_config(), optim=OptimConfig(), schedule=Constant())
+    with pytest.warns(UserWarning, match=r"model.optim \(the older form.*replaces model.optimizer and model"):
+        both = GPTLitModule(tiny_config(), optim=OptimConfig(warmup_steps=3), schedule=Constant())
+    assert isinstance(both.schedule, WarmupCosine) and both.schedule.warmup_steps == 3
+    assert both.hparams["optim"] is None and both.hparams["schedule"]["class_path"].endswith("WarmupCosine")
 
 
 # --- Muon + AdamW ---------------------------------------------------------------------------------------------
