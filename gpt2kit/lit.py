@@ -31,16 +31,32 @@ from gpt2kit.errors import GPT2KitError
 from gpt2kit.finetune import FreezePolicy, FullFineTune, kept_state, load_pretrained
 from gpt2kit.finetune.callback import FineTuning
 from gpt2kit.model import GPT, GPT2, AttentionFactory, HeadFactory, MLPFactory, NormFactory, PositionFactory
+from gpt2kit.optim import (
+    GPT2AdamW,
+    OptimizerFactory,
+    Schedule,
+    WarmupCosine,
+    build_optimizer,
+    parameter_groups,
+)
 from gpt2kit.spec import describe, spec_of
 from gpt2kit.tokenizers import Tokenizer
 
 if TYPE_CHECKING:
     from gpt2kit.data.prompts import PromptBatch
 
+DEFAULT_SCHEDULE = WarmupCosine()
+"""The default schedule: 100 warmup steps, cosine to 0.1 × the peak LR at max_steps (GPT-2)."""
+
 
 @dataclass
 class OptimConfig:
-    """AdamW with linear warmup and cosine decay (GPT-2 / nanoGPT defaults)."""
+    """The former ``model.optim`` (AdamW + warmup + cosine), kept so older recipes and checkpoints load.
+
+    New recipes set ``model.optimizer`` and ``model.schedule`` (see :mod:`gpt2kit.optim`); this one is
+    translated into them: ``GPT2AdamW(lr, betas, eps, weight_decay, fused)`` and
+    ``WarmupCosine(warmup_steps, min_lr / lr, decay_steps)``.
+    """
 
     lr: float = 6e-4
     """Peak learning rate, reached at the end of warmup."""
@@ -65,15 +81,23 @@ class OptimConfig:
         if self.warmup_steps < 0:
             raise GPT2KitError(f"warmup_steps={self.warmup_steps} must be >= 0")
 
+    def optimizer(self) -> OptimizerFactory:
+        return functools.partial(
+            GPT2AdamW,
+            lr=self.lr,
+            betas=tuple(self.betas),
+            eps=self.eps,
+            weight_decay=self.weight_decay,
+            fused=self.fused,
+        )
+
+    def schedule(self) -> Schedule:
+        return WarmupCosine(self.warmup_steps, self.min_lr / self.lr, self.decay_steps)
+
 
 def lr_factor(step: int, warmup: int, decay: int, min_ratio: float) -> float:
     """Multiplier of the peak LR at an optimizer step: linear warmup, then cosine down to min_ratio."""
-    if step < warmup:
-        return (step + 1) / (warmup + 1)
-    if step >= decay:
-        return min_ratio
-    progress = (step - warmup) / max(1, decay - warmup)
-    return min_ratio + 0.5 * (1.0 + math.cos(math.pi * progress)) * (1.0 - min_ratio)
+    return WarmupCosine(warmup, min_ratio).factor(step, decay)
 
 
 def component_spec(value: Any) -> Any:
@@ -92,7 +116,9 @@ class GPTLitModule(L.LightningModule):
         norm: NormFactory = GPT2.norm,
         mlp: MLPFactory = GPT2.mlp,
         head: HeadFactory = GPT2.head,
-        optim: OptimConfig = OptimConfig(),
+        optimizer: OptimizerFactory = GPT2AdamW,
+        schedule: Schedule = DEFAULT_SCHEDULE,
+        optim: OptimConfig | None = None,
         finetune: FreezePolicy | None = None,
         init_from: str | None = None,
         compile: bool = False,
@@ -107,7 +133,12 @@ class GPTLitModule(L.LightningModule):
             norm: the normalisation layer (before attention, before the MLP and at the end).
             mlp: the feed-forward sub-layer of every block.
             head: the output head.
-            optim: optimizer and learning-rate schedule.
+            optimizer: the optimizer, built from the parameter groups (any torch.optim class by class_path,
+                with its own arguments; gpt2kit.optim.MuonAdamW for Muon + AdamW); see gpt2kit.optim.
+            schedule: the learning-rate schedule, stepped every optimizer step (WarmupCosine,
+                WarmupStableDecay, Linear, Constant).
+            optim: the older form of both (AdamW + warmup + cosine in one section), for older recipes and
+                checkpoints: given, it replaces optimizer and schedule (with a warning if they were set too).
             finetune: which parameters train, and at what share of the LR (LastNBlocks, LoRA, ...;
                 see gpt2kit.finetune); None: FullFineTune (all, at the full LR).
             init_from: a gpt2kit checkpoint whose weights (not optimizer state) the run starts from;
@@ -124,7 +155,16 @@ class GPTLitModule(L.LightningModule):
             for key, value in list(self.hparams.items()):
                 self.hparams[key] = component_spec(value)
             self.hparams["_instantiator"] = "lightning.pytorch.cli.instantiate_module"
-        self.optim = optim
+        if optim is not None:  # older recipes and checkpoints: it wins, as it did, over both new slots
+            if optimizer is not GPT2AdamW or schedule != DEFAULT_SCHEDULE:
+                rank_zero_warn(
+                    "model.optim (the older form: AdamW + warmup + cosine) replaces model.optimizer and "
+                    "model.schedule; set those instead (e.g. --model.optimizer.init_args.lr)"
+                )
+            optimizer, schedule = optim.optimizer(), optim.schedule()
+            # The checkpoint records the new form, so that loading it does not see both set.
+            self.hparams.update(optimizer=component_spec(optimizer), schedule=schedule.spec(), optim=None)
+        self.optimizer, self.schedule = optimizer, schedule
         self.model = GPT(arch, attention, position, norm, mlp, head)
         self.finetune: FreezePolicy = finetune if finetune is not None else FullFineTune()
         self.finetune.setup(self.model)  # adds adapters (LoRA) and freezes; init_from loads at setup()
@@ -197,8 +237,8 @@ class GPTLitModule(L.LightningModule):
             return
         raise GPT2KitError(
             f"non-finite training loss {where}, stopped before it changed the weights; last good checkpoint: "
-            f"{self._last_checkpoint() or 'none saved yet'}: resume from it with a lower model.optim.lr or "
-            "longer warmup, or set --model.on_nonfinite skip to drop such batches"
+            f"{self._last_checkpoint() or 'none saved yet'}: resume from it with a lower learning rate (model.optimizer) or "
+            "longer warmup (model.schedule), or set --model.on_nonfinite skip to drop such batches"
         )
 
     def _last_checkpoint(self) -> str | None:
@@ -275,25 +315,17 @@ class GPTLitModule(L.LightningModule):
 
     # -- optimizer --------------------------------------------------------------------------------------
     def param_groups(self) -> list[dict[str, Any]]:
-        """AdamW groups: weight decay on matrices; none on biases, norms and embeddings."""
-        return self.finetune.param_groups(self.model, self.optim.lr, self.optim.weight_decay)
+        """The optimizer's groups: GPT-2's decay rule, the fine-tuning policy's LR shares, Muon's matrices."""
+        return parameter_groups(self.model, self.finetune)
 
     def configure_optimizers(self) -> dict[str, Any]:
-        o = self.optim
-        groups = [g for g in self.param_groups() if g["params"]]
-        if not groups:
-            raise GPT2KitError("no trainable parameters: everything is frozen; unfreeze something to train")
-        fused = o.fused if o.fused is not None else self.device.type == "cuda"
-        optimizer = torch.optim.AdamW(groups, lr=o.lr, betas=o.betas, eps=o.eps, fused=fused or None)
-        decay = o.decay_steps
-        if decay is None:
-            decay = (
-                self.trainer.max_steps
-                if self.trainer.max_steps > 0
-                else int(self.trainer.estimated_stepping_batches)
-            )
-        factor = functools.partial(lr_factor, warmup=o.warmup_steps, decay=decay, min_ratio=o.min_lr / o.lr)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        optimizer = build_optimizer(self.optimizer, self.param_groups())
+        max_steps = (
+            self.trainer.max_steps
+            if self.trainer.max_steps > 0
+            else int(self.trainer.estimated_stepping_batches)
+        )
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self.schedule.lambda_for(max_steps))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # -- speed: compile, MFU --------------------------------------------------------------------------------
@@ -359,7 +391,7 @@ class GPTLitModule(L.LightningModule):
             raise GPT2KitError(
                 f"the weights are not finite at step {self.trainer.global_step}: not saving them over the last "
                 f"good checkpoint ({self._last_checkpoint() or 'none saved yet'}); resume from it with a lower "
-                "model.optim.lr"
+                "learning rate (model.optimizer)"
             )
         tokenizer = self.tokenizer.to_dict() if self.tokenizer is not None else None
         checkpoint["gpt2kit"] = {"version": __version__, "tokenizer": tokenizer, "rng": resume.rng_state()}

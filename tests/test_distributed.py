@@ -16,7 +16,7 @@ SHAKESPEARE = str(RECIPES / "pretrain" / "shakespeare-char.yaml")
 RUN = [
     "--config", SHAKESPEARE, "--config", "callbacks.yaml",
     "--model.arch.n_layer=2", "--model.arch.n_head=2", "--model.arch.n_embd=32", "--model.arch.block_size=32",
-    "--model.optim.warmup_steps=2", "--model.optim.decay_steps=6",  # the same schedule whatever max_steps
+    "--model.schedule.init_args.warmup_steps=2", "--model.schedule.init_args.decay_steps=6",  # the same schedule whatever max_steps
     "--trainer.max_steps=6", "--trainer.val_check_interval=3", "--trainer.log_every_n_steps=1",
     "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
     "--data.init_args.val_max_windows=25",  # odd: one rank's shard is padded, and still every window counts once

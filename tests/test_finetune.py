@@ -267,7 +267,7 @@ def test_resume_restores_optimizer_scheduler_and_freeze_state(base, base_weights
         return tiny(
             finetune=GradualUnfreeze(every_k_steps=2, start_n=0),
             init_from=base,
-            optim=OptimConfig(warmup_steps=1, decay_steps=4),  # one schedule across both runs
+            optim=OptimConfig(warmup_steps=1, decay_steps=3),  # one schedule across both runs (<= max_steps)
         )
 
     first = fit(make(), data, 3, tmp_path / "a")
@@ -281,7 +281,7 @@ def test_resume_restores_optimizer_scheduler_and_freeze_state(base, base_weights
         scheduler = trainer.lr_scheduler_configs[0].scheduler
         assert scheduler.last_epoch == 3
         assert scheduler.state_dict() == saved["lr_schedulers"][0]
-        expected_lr = 6e-4 * lr_factor(3, warmup=1, decay=4, min_ratio=0.1)
+        expected_lr = 6e-4 * lr_factor(3, warmup=1, decay=3, min_ratio=0.1)
         assert all(g["lr"] == pytest.approx(expected_lr) for g in trainer.optimizers[0].param_groups)
         state = trainer.optimizers[0].state_dict()["state"]  # not yet updated by step 3
         assert state.keys() == saved["optimizer_states"][0]["state"].keys()

@@ -28,7 +28,7 @@ RUN = [
     "--config", SHAKESPEARE,
     "--model.arch.n_layer=2", "--model.arch.n_head=2", "--model.arch.n_embd=32", "--model.arch.block_size=32",
     "--model.arch.dropout=0.1",  # dropout draws from the global RNG: its state must be restored too
-    "--model.optim.warmup_steps=5",
+    "--model.schedule.init_args.warmup_steps=5",
     "--trainer.max_steps=48", "--trainer.limit_train_batches=16", "--trainer.val_check_interval=15",
     "--trainer.limit_val_batches=3", "--trainer.log_every_n_steps=5",
     "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",

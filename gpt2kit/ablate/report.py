@@ -216,6 +216,92 @@ def _duration(seconds: float | None) -> str:
     return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
 
 
+# --- statistics: Welch's t-test, the step a variant reaches the baseline ------------------------------------
+
+SIGNIFICANT = 0.01
+"""A variant's p-value below this is marked (modded-nanogpt's bar for a record)."""
+
+
+def _betacf(a: float, b: float, x: float) -> float:
+    """The continued fraction of the regularised incomplete beta function (Lentz's method)."""
+    tiny, qab, qap, qam = 1e-300, a + b, a + 1.0, a - 1.0
+    c, d = 1.0, 1.0 - qab * x / qap
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    h = d
+    for m in range(1, 300):
+        m2 = 2 * m
+        for aa in (
+            m * (b - m) * x / ((qam + m2) * (a + m2)),
+            -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2)),
+        ):
+            d = 1.0 + aa * d
+            d = 1.0 / (d if abs(d) > tiny else tiny)
+            c = 1.0 + aa / c
+            c = c if abs(c) > tiny else tiny
+            h *= d * c
+            if aa == 0.0:
+                break
+        if abs(d * c - 1.0) < 1e-15:
+            break
+    return h
+
+
+def _betainc(a: float, b: float, x: float) -> float:
+    """The regularised incomplete beta function I_x(a, b)."""
+    if x <= 0.0:
+        return 0.0
+    if x >= 1.0:
+        return 1.0
+    log_front = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
+    if x < (a + 1.0) / (a + b + 2.0):
+        return math.exp(log_front) * _betacf(a, b, x) / a
+    return 1.0 - math.exp(log_front) * _betacf(b, a, 1.0 - x) / b
+
+
+def t_two_sided_p(t: float, df: float) -> float:
+    """P(|T| >= |t|) for Student's t with ``df`` degrees of freedom (``df`` need not be an integer)."""
+    return _betainc(df / 2.0, 0.5, df / (df + t * t))
+
+
+def welch_p(a: Sequence[float], b: Sequence[float]) -> float | None:
+    """Two-sided p-value of Welch's t-test (unequal variances) that ``a`` and ``b`` have the same mean.
+
+    None with fewer than two values on a side, or no spread at all (the test is then undefined).
+    Uses scipy when it is installed, else the same formula with the t-distribution written out.
+    """
+    a, b = [v for v in a if math.isfinite(v)], [v for v in b if math.isfinite(v)]
+    if len(a) < 2 or len(b) < 2:
+        return None
+    va, vb = statistics.variance(a) / len(a), statistics.variance(b) / len(b)
+    if va + vb == 0.0:
+        return None
+    try:
+        from scipy import stats
+    except ImportError:
+        t = (statistics.fmean(a) - statistics.fmean(b)) / math.sqrt(va + vb)
+        df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))  # Welch–Satterthwaite
+        return t_two_sided_p(t, df)
+    return float(stats.ttest_ind(a, b, equal_var=False).pvalue)
+
+
+def _mean_curve(results: Sequence[Result], metric: str) -> dict[int, float]:
+    """The mean over runs at each step that every run logged."""
+    curves = [r.val.get(metric) or {} for r in results]
+    if not curves or not all(curves):
+        return {}
+    steps = set(curves[0]).intersection(*curves[1:])
+    return {s: statistics.fmean(c[s] for c in curves) for s in sorted(steps)}
+
+
+def first_step_reaching(results: Sequence[Result], metric: str, target: float | None) -> int | None:
+    """The first logged step at which the mean over seeds is as good as ``target`` (at or below it, or at or
+    above it for a metric where higher is better); None if never."""
+    if target is None:
+        return None
+    sign = -1.0 if higher_is_better(metric) else 1.0
+    return next((s for s, v in _mean_curve(results, metric).items() if sign * v <= sign * target), None)
+
+
 @dataclass
 class Row:
     variant: str
@@ -259,12 +345,15 @@ def write_report(study: Study, results: Sequence[Result], path: Path, plot: str 
         f"{len(study.variants)} variants × {n_seeds} seed{'s' if n_seeds > 1 else ''} "
         f"({', '.join(map(str, study.seeds))}); {_held_equal(runs)}.",
         "",
-        f"Ranked by final {names[metric]} ({unit}; {better}), mean ± std over seeds; Δ is the difference of the means from the baseline; "
-        "wall time is the training time of one run (fit start to end).",
+        f"Ranked by final {names[metric]} ({unit}; {better}), mean ± std over seeds; Δ is the difference "
+        "of the means from the baseline; wall time is the training time of one run (fit start to end). p is "
+        f"Welch's t-test of the variant's final {names[metric]} against the baseline's over seeds (two-sided; "
+        f'**bold** when p < {SIGNIFICANT}); "reaches baseline" is the first validation step at which the '
+        f"variant's mean over seeds is at least as good as the baseline's final {names[metric]}.",
         "",
     ]
-    header = ["", "variant", "params", f"{names[metric]}", "Δ vs baseline", f"best {names[metric]}",
-              names[other], "tokens/s", "wall time", "runs"]  # fmt: skip
+    header = ["", "variant", "params", f"{names[metric]}", "Δ vs baseline", "p (Welch)", "reaches baseline",
+              f"best {names[metric]}", names[other], "tokens/s", "wall time", "runs"]  # fmt: skip
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for i, row in enumerate(rows, 1):
         done = row.done()
@@ -275,13 +364,24 @@ def write_report(study: Study, results: Sequence[Result], path: Path, plot: str 
         params = {r.params for r in done if r.params is not None}
         speed = _stats([r.tokens_per_sec for r in done])
         wall = _stats([r.wall_time_s for r in done])
+        p = (
+            None
+            if row is base
+            else welch_p(
+                [v for r in done if (v := r.final(metric)) is not None],
+                [v for r in base.done() if (v := r.final(metric)) is not None],
+            )
+        )
+        p_text = "–" if p is None else (f"**{p:.2g}**" if p < SIGNIFICANT else f"{p:.2g}")
+        reach = first_step_reaching(done, metric, base_stats[0] if base_stats else None)
         name = f"**{row.variant}** (baseline)" if row is base else row.variant
         failed = len(row.results) - len(done)
         count = f"{len(done)}/{len(row.results)}" + (f" ({failed} not done)" if failed else "")
         lines.append(
             "| " + " | ".join([
                 str(i) if final is not None else "–", name, _count(max(params)) if params else "–",
-                _pm(final, n=len(done)), delta, _pm(row.stats("best", metric), n=len(done)),
+                _pm(final, n=len(done)), delta, p_text, "never" if reach is None else str(reach),
+                _pm(row.stats("best", metric), n=len(done)),
                 _pm(row.stats("final", other), n=len(done)), _count(speed[0]) if speed else "–",
                 _duration(wall[0]) if wall else "–", count,
             ]) + " |"

@@ -11,12 +11,13 @@ from gpt2kit.nn.attention import (
     GroupedQueryAttention,
     KVCache,
     MathAttention,
+    QKNormCausalAttention,
     SlidingWindowAttention,
 )
 from gpt2kit.nn.block import Block
 from gpt2kit.nn.heads import Head, SequenceClassificationHead, TiedLMHead, UntiedLMHead
 from gpt2kit.nn.init import gpt2_init, mark_residual
-from gpt2kit.nn.mlp import MLP, GeluMLP, ReluMLP, SwiGLUMLP
+from gpt2kit.nn.mlp import MLP, GeluMLP, ReLU2MLP, ReluMLP, SwiGLUMLP
 from gpt2kit.nn.norm import LayerNorm, Norm, RMSNorm
 from gpt2kit.nn.position import (
     ALiBiPosition,
@@ -43,6 +44,8 @@ __all__ = [
     "NoPosition",
     "Norm",
     "PositionEncoding",
+    "QKNormCausalAttention",
+    "ReLU2MLP",
     "RMSNorm",
     "ReluMLP",
     "RotaryPosition",

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from gpt2kit.config import GPTConfig
 from gpt2kit.errors import GPT2KitError
-from gpt2kit.nn.init import mark_residual
+from gpt2kit.nn.init import OutputInit, mark_residual
 from gpt2kit.nn.position import PositionEncoding
 from gpt2kit.registry import add_kind
 
@@ -88,7 +88,9 @@ class Attention(nn.Module):
     supports_bias: bool = True
     """Whether ``attend`` adds the position encoding's additive bias (needed by ALiBi)."""
 
-    def __init__(self, config: GPTConfig, n_kv_head: int | None = None) -> None:
+    def __init__(
+        self, config: GPTConfig, n_kv_head: int | None = None, output_init: OutputInit = "scaled"
+    ) -> None:
         super().__init__()
         n_kv_head = config.n_head if n_kv_head is None else n_kv_head
         if n_kv_head <= 0 or config.n_head % n_kv_head:
@@ -104,7 +106,7 @@ class Attention(nn.Module):
         self.dropout = config.dropout
         qkv = (self.n_head + 2 * self.n_kv_head) * self.head_dim
         self.c_attn = nn.Linear(config.n_embd, qkv, bias=config.bias)
-        self.c_proj = mark_residual(nn.Linear(config.n_embd, config.n_embd, bias=config.bias))
+        self.c_proj = mark_residual(nn.Linear(config.n_embd, config.n_embd, bias=config.bias), output_init)
         self.resid_dropout = nn.Dropout(config.dropout)
 
     def project(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -186,8 +188,53 @@ ATTENTION = add_kind("attention", Attention)
 class CausalSelfAttention(Attention):
     """GPT-2 attention through torch's scaled_dot_product_attention (flash/fused kernels where available)."""
 
-    def __init__(self, config: GPTConfig) -> None:
-        super().__init__(config)
+    def __init__(self, config: GPTConfig, output_init: OutputInit = "scaled") -> None:
+        """
+        Args:
+            output_init: how the output projection starts: "scaled" (GPT-2's N(0, 0.02 / sqrt(2 n_layer)))
+                or "zero" (the block starts as the identity; modded-nanogpt).
+        """
+        super().__init__(config, output_init=output_init)
+
+
+@ATTENTION.register("qknorm")
+class QKNormCausalAttention(Attention):
+    """Causal attention with queries and keys RMS-normalised per head (QK-norm: OLMo 2, Gemma 3, modded-nanogpt).
+
+    Each head's q and k are scaled to unit root-mean-square times a learned per-channel gain, before
+    RoPE (if any) and the dot product, so attention logits cannot grow without bound and higher
+    learning rates stay stable. Masks, grouped-query heads, the KV cache and biases are the base
+    class's. (plugins/qknorm is the same idea written as a third-party plugin.)
+    """
+
+    def __init__(
+        self,
+        config: GPTConfig,
+        n_kv_head: int | None = None,
+        eps: float = 1e-6,
+        output_init: OutputInit = "scaled",
+    ) -> None:
+        """
+        Args:
+            n_kv_head: key/value heads shared by the query heads; must divide n_head. None: one per head.
+            eps: added to the mean square before the square root.
+            output_init: how the output projection starts: "scaled" (GPT-2) or "zero" (modded-nanogpt).
+        """
+        super().__init__(config, n_kv_head, output_init)
+        if eps <= 0:
+            raise GPT2KitError(f"QKNormCausalAttention eps={eps} must be > 0 (the usual value is 1e-6)")
+        self.eps = eps
+        self.q_gain = nn.Parameter(torch.ones(self.head_dim))  # 1-D: AdamW, no weight decay
+        self.k_gain = nn.Parameter(torch.ones(self.head_dim))
+
+    def project(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        q, k, v = super().project(x)  # q (B, nh, T, hs), k and v (B, n_kv, T, hs)
+        q = F.rms_norm(q, (self.head_dim,), self.q_gain, self.eps)  # over each head's channels
+        k = F.rms_norm(k, (self.head_dim,), self.k_gain, self.eps)
+        return q, k, v
+
+    def extra_repr(self) -> str:
+        return f"n_head={self.n_head}, n_kv_head={self.n_kv_head}, eps={self.eps}"
 
 
 @ATTENTION.register("math")

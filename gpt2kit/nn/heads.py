@@ -32,24 +32,51 @@ class Head(nn.Module):
 HEAD = add_kind("head", Head)
 
 
+def soft_cap(logits: Tensor, cap: float | None) -> Tensor:
+    """``cap · tanh(logits / cap)``: logits squashed smoothly into (-cap, cap) (Gemma 2, modded-nanogpt)."""
+    return logits if cap is None else cap * torch.tanh(logits / cap)
+
+
+def _check_cap(head: str, softcap: float | None) -> None:
+    if softcap is not None and softcap <= 0:
+        raise GPT2KitError(f"{head} softcap={softcap} must be > 0 (e.g. 15 or 30), or null for none")
+
+
 @HEAD.register("tied_lm")
 class TiedLMHead(Head):
     """Language-model head sharing its weight with the token embedding (GPT-2)."""
 
+    def __init__(self, config: GPTConfig, softcap: float | None = None) -> None:
+        """
+        Args:
+            softcap: soft-cap the logits to (-softcap, softcap) with ``softcap · tanh(logits / softcap)``
+                (modded-nanogpt: 15-30); None: raw logits (GPT-2).
+        """
+        super().__init__(config)
+        _check_cap("TiedLMHead", softcap)
+        self.softcap = softcap
+
     def forward(self, h: Tensor, wte: nn.Embedding, valid: Tensor | None = None) -> Tensor:
-        return F.linear(h, wte.weight)  # (B, T, vocab)
+        return soft_cap(F.linear(h, wte.weight), self.softcap)  # (B, T, vocab)
 
 
 @HEAD.register("untied_lm")
 class UntiedLMHead(Head):
     """Language-model head with its own weight (vocab_size × n_embd more parameters than tied)."""
 
-    def __init__(self, config: GPTConfig) -> None:
+    def __init__(self, config: GPTConfig, softcap: float | None = None) -> None:
+        """
+        Args:
+            softcap: soft-cap the logits to (-softcap, softcap) with ``softcap · tanh(logits / softcap)``
+                (modded-nanogpt: 15-30); None: raw logits.
+        """
         super().__init__(config)
+        _check_cap("UntiedLMHead", softcap)
+        self.softcap = softcap
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
 
     def forward(self, h: Tensor, wte: nn.Embedding, valid: Tensor | None = None) -> Tensor:
-        return self.lm_head(h)  # (B, T, vocab)
+        return soft_cap(self.lm_head(h), self.softcap)  # (B, T, vocab)
 
     def resize_vocab(self, vocab_size: int) -> None:
         old = self.lm_head.weight

@@ -1,0 +1,463 @@
+"""Optimizers and learning-rate schedules: the two training slots of a recipe's ``model:`` section.
+
+The optimizer slot follows Lightning's convention: a *factory* that receives the parameter groups
+and returns a ``torch.optim.Optimizer``. Any optimizer class is such a factory, so ``torch.optim``'s
+own classes work by class path, with their own arguments::
+
+    model:
+      optimizer:
+        class_path: torch.optim.AdamW            # or gpt2kit.optim.MuonAdamW, torch.optim.SGD, ...
+        init_args: {lr: 1.0e-3, betas: [0.9, 0.99], weight_decay: 0.1}
+      schedule:
+        class_path: gpt2kit.optim.WarmupStableDecay
+        init_args: {warmup_steps: 100, cooldown_fraction: 0.2}
+
+The groups carry GPT-2's weight-decay rule (``weight_decay: 0.0`` on biases, norms and embeddings;
+the optimizer's own ``weight_decay`` on the matrices), a fine-tuning policy's share of the LR as
+``lr_scale`` (applied to every group's ``lr`` once the optimizer is built), and ``muon: True`` on the
+hidden matrices (the 2-D weights inside the blocks), which :class:`MuonAdamW` routes to Muon. Other
+optimizers keep the extra keys in their groups and ignore them.
+
+A :class:`Schedule` maps an optimizer step to a multiple of each group's peak LR; the LitModule runs
+it through ``torch.optim.lr_scheduler.LambdaLR``, stepped every optimizer step.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import math
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, Literal
+
+import torch
+from torch import Tensor
+
+from gpt2kit.errors import GPT2KitError
+from gpt2kit.registry import add_kind
+
+if TYPE_CHECKING:
+    from gpt2kit.finetune import FreezePolicy
+    from gpt2kit.model import GPT
+
+OptimizerFactory = Callable[[Iterable[dict[str, Any]]], torch.optim.Optimizer]
+"""What ``model.optimizer`` is: parameter groups in, an optimizer out (any ``torch.optim`` class)."""
+
+OPTIMIZER = add_kind("optimizer", torch.optim.Optimizer)
+
+
+# --- parameter groups -----------------------------------------------------------------------------------
+
+
+def hidden_matrix_names(model: GPT) -> set[str]:
+    """The 2-D weights inside the transformer blocks: what Muon orthogonalises (not embeddings or head)."""
+    inside = {id(p) for block in model.blocks for p in block.parameters() if p.dim() == 2}
+    return {name for name, p in model.named_parameters() if id(p) in inside}
+
+
+def parameter_groups(model: GPT, policy: FreezePolicy) -> list[dict[str, Any]]:
+    """The groups an optimizer factory receives: decay rule, ``lr_scale`` and Muon routing per group.
+
+    The fine-tuning policy's groups (one per LR multiple and decay rule, highest LR first; the default
+    FullFineTune trains everything at the full LR) are kept. A group holding both hidden matrices and
+    other parameters is split in two, the matrices first with ``muon: True``. Empty groups are dropped.
+    """
+    groups = []
+    for g in policy.param_groups(model, 1.0, 1.0):  # at lr 1 and decay 1: its LR multiples and decay rule
+        group = {
+            "params": g["params"],
+            "lr_scale": g["lr"],
+            **({"name": g["name"]} if "name" in g else {}),
+        }
+        if g["weight_decay"] == 0.0:
+            group["weight_decay"] = 0.0
+        groups.append(group)
+    hidden = {id(p) for n, p in model.named_parameters() if n in hidden_matrix_names(model)}
+    split: list[dict[str, Any]] = []
+    for group in groups:
+        matrices = [p for p in group["params"] if id(p) in hidden]
+        rest = [p for p in group["params"] if id(p) not in hidden]
+        if matrices and "weight_decay" not in group:  # a no-decay group stays on AdamW whole
+            named = {"name": group["name"] + "_matrices"} if "name" in group and rest else {}
+            split.append({**group, "params": matrices, "muon": True, **named})
+        else:
+            rest = group["params"]
+        if rest:
+            split.append({**group, "params": rest})
+    return split
+
+
+def build_optimizer(factory: OptimizerFactory, groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
+    """``factory(groups)``, with each group's ``lr`` then multiplied by its ``lr_scale``.
+
+    A factory that refuses its arguments (a misspelt option given in Python, a parameter it cannot
+    take) fails with one line naming it.
+    """
+    if not groups:
+        raise GPT2KitError("no trainable parameters: everything is frozen; unfreeze something to train")
+    name = _name(factory)
+    try:
+        optimizer = factory(groups)
+    except GPT2KitError:
+        raise
+    except TypeError as exc:
+        raise GPT2KitError(
+            f"optimizer {name} does not take these arguments ({exc}): see its signature, e.g. "
+            f"`python -m gpt2kit list optimizer`, or torch.optim's documentation"
+        ) from None
+    except ValueError as exc:
+        raise GPT2KitError(f"optimizer {name} refused its settings or parameters: {exc}") from None
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise GPT2KitError(
+            f"model.optimizer {name} returned {type(optimizer).__name__}, not a torch Optimizer"
+        )
+    for group in optimizer.param_groups:
+        if group.get("lr_scale", 1.0) != 1.0:
+            group["lr"] = group["lr"] * group["lr_scale"]
+    return optimizer
+
+
+def _name(factory: Any) -> str:
+    func = getattr(factory, "func", factory)  # functools.partial: what a class_path + init_args becomes
+    return getattr(func, "__qualname__", repr(func))
+
+
+# --- optimizers -------------------------------------------------------------------------------------------
+
+
+def _on_cuda(groups: list[dict[str, Any]]) -> bool:
+    params = [p for g in groups for p in g["params"]]
+    return bool(params) and all(p.is_cuda for p in params)
+
+
+def _groups(params: Iterable[Any]) -> list[dict[str, Any]]:
+    params = list(params)
+    if params and not isinstance(params[0], dict):
+        params = [{"params": params}]
+    return [{**g, "params": list(g["params"])} for g in params]
+
+
+@OPTIMIZER.register("adamw")
+class GPT2AdamW(torch.optim.AdamW):
+    """AdamW with GPT-2's settings (lr 6e-4, betas (0.9, 0.95), weight decay 0.1); fused kernel on CUDA."""
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: float = 6e-4,
+        betas: tuple[float, float] = (0.9, 0.95),
+        eps: float = 1e-8,
+        weight_decay: float = 0.1,
+        fused: bool | None = None,
+    ) -> None:
+        """
+        Args:
+            params: the parameter groups (given by the LitModule).
+            lr: peak learning rate (the schedule multiplies it).
+            betas: Adam's beta1 and beta2.
+            eps: Adam's epsilon.
+            weight_decay: decoupled weight decay of the matrices (biases, norms, embeddings: none).
+            fused: the fused CUDA kernel; None: on when every parameter is on CUDA.
+        """
+        groups = _groups(params)
+        if lr <= 0:
+            raise GPT2KitError(f"GPT2AdamW lr={lr} must be > 0")
+        fused = _on_cuda(groups) if fused is None else fused
+        super().__init__(groups, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, fused=fused or None)
+
+
+def _check_muon() -> type[torch.optim.Optimizer]:
+    muon = getattr(torch.optim, "Muon", None)
+    if muon is None:
+        raise GPT2KitError(
+            f"Muon needs PyTorch >= 2.9 (torch.optim.Muon); this is torch {torch.__version__}: "
+            "upgrade torch (pip install -U torch) or use model.optimizer GPT2AdamW"
+        )
+    return muon
+
+
+@OPTIMIZER.register("muon")
+class MuonAdamW(torch.optim.Optimizer):
+    """Muon (torch.optim.Muon) on the hidden matrices, AdamW on embeddings, head, norms and biases.
+
+    One optimizer object for Lightning: ``param_groups`` are the Muon groups then the AdamW groups
+    (the very dicts the two inner optimizers step, so a schedule sets both LRs), and ``state``,
+    ``state_dict`` and ``load_state_dict`` cover both, so gradient clipping, checkpoints and resuming
+    work as with one optimizer. A group goes to Muon when it carries ``muon: True`` (the LitModule
+    marks the 2-D weights inside the blocks); every parameter in it must be a matrix.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: float = 0.02,
+        momentum: float = 0.95,
+        nesterov: bool = True,
+        ns_steps: int = 5,
+        weight_decay: float = 0.0,
+        adjust_lr_fn: Literal["original", "match_rms_adamw"] | None = None,
+        adam_lr: float = 3e-3,
+        adam_betas: tuple[float, float] = (0.9, 0.95),
+        adam_eps: float = 1e-8,
+        adam_weight_decay: float = 0.0,
+    ) -> None:
+        """
+        Args:
+            params: the parameter groups (given by the LitModule); groups with ``muon: True`` go to Muon.
+            lr: Muon's peak learning rate.
+            momentum: Muon's momentum.
+            nesterov: Nesterov momentum in Muon.
+            ns_steps: Newton-Schulz iterations that orthogonalise each update.
+            weight_decay: Muon's decoupled weight decay.
+            adjust_lr_fn: torch's per-shape LR adjustment: None or "original" (Keller Jordan's
+                sqrt(max(1, rows/cols))), "match_rms_adamw" (Moonshot's 0.2·sqrt(max(rows, cols)), for an
+                lr near AdamW's).
+            adam_lr: AdamW's peak learning rate (embeddings, head, norms, biases).
+            adam_betas: AdamW's beta1 and beta2.
+            adam_eps: AdamW's epsilon.
+            adam_weight_decay: AdamW's weight decay of the matrices it gets (an untied head; none on
+                biases, norms and embeddings).
+        """
+        muon_cls = _check_muon()
+        groups = _groups(params)
+        for group in groups:
+            for p in group["params"] if group.get("muon") else ():
+                if p.dim() != 2:
+                    raise GPT2KitError(
+                        f"Muon takes 2-D matrices only, but a parameter of shape {tuple(p.shape)} was routed "
+                        "to it (a group with muon: True): leave 1-D and 3-D tensors to AdamW (muon: False)"
+                    )
+        if lr <= 0 or adam_lr <= 0:
+            raise GPT2KitError(f"MuonAdamW needs lr > 0 and adam_lr > 0, got lr={lr}, adam_lr={adam_lr}")
+        muon_groups = [g for g in groups if g.get("muon")]
+        adam_groups = [g for g in groups if not g.get("muon")]
+        # Each inner optimizer fills in its defaults; a placeholder keeps an empty side constructible.
+        placeholder = [{"params": [torch.zeros(1, 1)]}]
+        self.muon = muon_cls(
+            muon_groups or placeholder,
+            lr=lr,
+            momentum=momentum,
+            nesterov=nesterov,
+            ns_steps=ns_steps,
+            weight_decay=weight_decay,
+            adjust_lr_fn=adjust_lr_fn,
+        )
+        self.adamw = torch.optim.AdamW(
+            adam_groups or placeholder,
+            lr=adam_lr,
+            betas=adam_betas,
+            eps=adam_eps,
+            weight_decay=adam_weight_decay,
+            fused=_on_cuda(adam_groups) or None,
+        )
+        self._n_muon = len(muon_groups)
+        if not muon_groups:
+            self.muon.param_groups = []
+        if not adam_groups:
+            self.adamw.param_groups = []
+        defaults = {"lr": lr, "adam_lr": adam_lr}
+        super().__init__(self.muon.param_groups + self.adamw.param_groups, defaults)
+        self._link()
+
+    def _link(self) -> None:
+        """Point the inner optimizers at this one's groups and state (after init and after loading)."""
+        self.muon.param_groups = self.param_groups[: self._n_muon]
+        self.adamw.param_groups = self.param_groups[self._n_muon :]
+        self.muon.state = self.state  # keyed by parameter: the two sides never share one
+        self.adamw.state = self.state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)  # replaces self.param_groups and self.state with new objects
+        self._link()
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        if self.muon.param_groups:
+            self.muon.step()
+        if self.adamw.param_groups:
+            self.adamw.step()
+        return loss
+
+
+# --- schedules --------------------------------------------------------------------------------------------
+
+
+class Schedule:
+    """Base class: the multiple of the peak LR at each optimizer step (``factor``), given the run's length.
+
+    Subclasses implement :meth:`factor`; constructor arguments are stored as attributes of the same
+    names (they are the schedule's spec in a checkpoint).
+    """
+
+    warmup_steps: int = 0
+    decay_steps: int | None = None
+
+    def factor(self, step: int, total: int) -> float:
+        """LR multiple at optimizer step ``step`` (0-based) of a run whose schedule spans ``total`` steps."""
+        raise NotImplementedError
+
+    def total_steps(self, max_steps: int) -> int:
+        """The steps the schedule spans: ``decay_steps`` if set, else the trainer's max_steps.
+
+        Raises if the schedule is longer than the run (it would never finish decaying). A warmup longer
+        than the run is allowed: a two-step smoke test of a recipe runs inside its warmup.
+        """
+        total = self.decay_steps if self.decay_steps is not None else max_steps
+        if max_steps > 0 and total > max_steps:
+            raise GPT2KitError(
+                f"{type(self).__name__} decay_steps={total} is longer than trainer.max_steps={max_steps}: "
+                "the LR would never finish decaying; lower decay_steps or leave it unset to follow max_steps"
+            )
+        return total
+
+    def lambda_for(self, max_steps: int) -> Callable[[int], float]:
+        """A ``LambdaLR`` function for a run of ``max_steps`` optimizer steps."""
+        # A partial, not an object with attributes: LambdaLR's state_dict stores a callable object's
+        # __dict__, and a checkpoint must hold only tensors and plain values (weights_only loading).
+        return functools.partial(self.factor, total=self.total_steps(max_steps))
+
+    def spec(self) -> dict[str, Any]:
+        """``{"class_path": ..., "init_args": ...}``: how a checkpoint records this schedule."""
+        cls = type(self)
+        params = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+        return {
+            "class_path": f"{cls.__module__}.{cls.__qualname__}",
+            "init_args": {p: getattr(self, p) for p in params},
+        }
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.spec()["init_args"].items())
+        return f"{type(self).__name__}({args})"
+
+    def __eq__(self, other: object) -> bool:
+        return type(self) is type(other) and self.spec() == other.spec()  # type: ignore[attr-defined]
+
+    def __hash__(self) -> int:
+        return hash(repr(self))
+
+
+SCHEDULE = add_kind("schedule", Schedule)
+
+
+def _check_common(name: str, warmup_steps: int, min_lr_ratio: float, decay_steps: int | None) -> None:
+    if warmup_steps < 0:
+        raise GPT2KitError(f"{name} warmup_steps={warmup_steps} must be >= 0")
+    if not 0.0 <= min_lr_ratio <= 1.0:
+        raise GPT2KitError(
+            f"{name} min_lr_ratio={min_lr_ratio} must be in [0, 1] (a multiple of the peak LR)"
+        )
+    if decay_steps is not None and decay_steps < 1:
+        raise GPT2KitError(f"{name} decay_steps={decay_steps} must be >= 1, or unset to follow max_steps")
+
+
+def _warmup(step: int, warmup: int) -> float:
+    return (step + 1) / (warmup + 1)  # never 0: the first step already moves the weights
+
+
+@SCHEDULE.register("warmup_cosine")
+class WarmupCosine(Schedule):
+    """Linear warmup, then cosine decay to ``min_lr_ratio`` × the peak LR (GPT-2, nanoGPT)."""
+
+    def __init__(
+        self, warmup_steps: int = 100, min_lr_ratio: float = 0.1, decay_steps: int | None = None
+    ) -> None:
+        """
+        Args:
+            warmup_steps: optimizer steps of linear warmup from 0.
+            min_lr_ratio: the LR at the end of the decay (and after it), as a multiple of the peak LR.
+            decay_steps: the step at which the cosine reaches its minimum; None: the trainer's max_steps.
+        """
+        _check_common("WarmupCosine", warmup_steps, min_lr_ratio, decay_steps)
+        self.warmup_steps, self.min_lr_ratio, self.decay_steps = warmup_steps, min_lr_ratio, decay_steps
+
+    def factor(self, step: int, total: int) -> float:
+        if step < self.warmup_steps:
+            return _warmup(step, self.warmup_steps)
+        if step >= total:
+            return self.min_lr_ratio
+        progress = (step - self.warmup_steps) / max(1, total - self.warmup_steps)
+        return self.min_lr_ratio + 0.5 * (1.0 + math.cos(math.pi * progress)) * (1.0 - self.min_lr_ratio)
+
+
+@SCHEDULE.register("warmup_stable_decay")
+class WarmupStableDecay(Schedule):
+    """Warmup, a constant peak LR, then a linear cooldown over the last ``cooldown_fraction`` of the run (WSD)."""
+
+    def __init__(
+        self,
+        warmup_steps: int = 100,
+        cooldown_fraction: float = 0.2,
+        min_lr_ratio: float = 0.0,
+        decay_steps: int | None = None,
+    ) -> None:
+        """
+        Args:
+            warmup_steps: optimizer steps of linear warmup from 0.
+            cooldown_fraction: share of the run, at its end, over which the LR falls linearly; in [0, 1].
+            min_lr_ratio: the LR at the end of the cooldown, as a multiple of the peak LR.
+            decay_steps: the step at which the cooldown ends; None: the trainer's max_steps.
+        """
+        _check_common("WarmupStableDecay", warmup_steps, min_lr_ratio, decay_steps)
+        if not 0.0 <= cooldown_fraction <= 1.0:
+            raise GPT2KitError(
+                f"WarmupStableDecay cooldown_fraction={cooldown_fraction} must be in [0, 1] "
+                "(the share of the run spent cooling down, e.g. 0.2)"
+            )
+        self.warmup_steps, self.cooldown_fraction = warmup_steps, cooldown_fraction
+        self.min_lr_ratio, self.decay_steps = min_lr_ratio, decay_steps
+
+    def factor(self, step: int, total: int) -> float:
+        if step < self.warmup_steps:
+            return _warmup(step, self.warmup_steps)
+        if step >= total:
+            return self.min_lr_ratio
+        cooldown = self.cooldown_fraction * total
+        left = total - step  # steps to the end of the run
+        if left >= cooldown:
+            return 1.0
+        return self.min_lr_ratio + (1.0 - self.min_lr_ratio) * left / cooldown
+
+
+@SCHEDULE.register("linear")
+class Linear(Schedule):
+    """Linear warmup, then a straight line down to ``min_lr_ratio`` × the peak LR at the end of the run."""
+
+    def __init__(
+        self, warmup_steps: int = 100, min_lr_ratio: float = 0.0, decay_steps: int | None = None
+    ) -> None:
+        """
+        Args:
+            warmup_steps: optimizer steps of linear warmup from 0.
+            min_lr_ratio: the LR at the end of the decay, as a multiple of the peak LR.
+            decay_steps: the step at which the line reaches its minimum; None: the trainer's max_steps.
+        """
+        _check_common("Linear", warmup_steps, min_lr_ratio, decay_steps)
+        self.warmup_steps, self.min_lr_ratio, self.decay_steps = warmup_steps, min_lr_ratio, decay_steps
+
+    def factor(self, step: int, total: int) -> float:
+        if step < self.warmup_steps:
+            return _warmup(step, self.warmup_steps)
+        if step >= total:
+            return self.min_lr_ratio
+        progress = (step - self.warmup_steps) / max(1, total - self.warmup_steps)
+        return 1.0 - (1.0 - self.min_lr_ratio) * progress
+
+
+@SCHEDULE.register("constant")
+class Constant(Schedule):
+    """The peak LR throughout, after an optional linear warmup."""
+
+    def __init__(self, warmup_steps: int = 0) -> None:
+        """
+        Args:
+            warmup_steps: optimizer steps of linear warmup from 0.
+        """
+        _check_common("Constant", warmup_steps, 0.0, None)
+        self.warmup_steps = warmup_steps
+
+    def factor(self, step: int, total: int) -> float:
+        return _warmup(step, self.warmup_steps) if step < self.warmup_steps else 1.0
