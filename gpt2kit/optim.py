@@ -66,7 +66,7 @@ def parameter_groups(model: GPT, policy: FreezePolicy) -> list[dict[str, Any]]:
     for g in policy.param_groups(model, 1.0, 1.0):  # at lr 1 and decay 1: its LR multiples and decay rule
         group = {
             "params": g["params"],
-            "lr_scale": g["lr"],
+            "lr_scale": g.get("lr", 1.0),  # a group without its own LR trains at the optimizer's
             **({"name": g["name"]} if "name" in g else {}),
         }
         if g["weight_decay"] == 0.0:
