@@ -154,7 +154,7 @@ def full_validation(model: torch.nn.Module, val: np.ndarray, block: int = 64) ->
 
 
 def shakespeare_text() -> str:
-    from gpt2kit.data.sources import fetch_corpus
+    from gpt2kit.corpora import fetch_corpus
 
     return (fetch_corpus("tinyshakespeare") / "input.txt").read_text(encoding="utf-8")
 

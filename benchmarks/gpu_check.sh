@@ -32,7 +32,7 @@ report="${OUT:-.}/gpu_check.txt"
     python -c "
 import os, sys; sys.path.insert(0, 'tests')
 from pathlib import Path
-from gpt2kit.data.sources import fetch_corpus
+from gpt2kit.corpora import fetch_corpus
 from hubcache import build_hub_cache
 build_hub_cache(Path(os.environ['HF_HOME']), fetch_corpus('gpt2-bpe').parent,
                 sizes=dict(n_layer=12, n_head=12, n_embd=768, n_positions=1024))

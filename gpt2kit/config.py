@@ -1,4 +1,4 @@
-"""Model sizes (:class:`GPTConfig`) and the named presets.
+"""Model sizes (:class:`GPTConfig`) and the named presets; how tokens are sampled (:class:`SamplingConfig`).
 
 Every component receives the model's ``GPTConfig`` as its first argument and reads the sizes it needs
 from it; the recipe supplies only each component's own options.
@@ -6,7 +6,7 @@ from it; the recipe supplies only each component's own options.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from gpt2kit.errors import GPT2KitError
 
@@ -31,9 +31,9 @@ class GPTConfig:
     """Biases in linear layers (GPT-2: True)."""
 
     def __post_init__(self) -> None:
-        for field in ("n_layer", "n_head", "n_embd", "block_size", "vocab_size"):
-            if getattr(self, field) <= 0:
-                raise GPT2KitError(f"{field}={getattr(self, field)} must be a positive integer")
+        for name in ("n_layer", "n_head", "n_embd", "block_size", "vocab_size"):
+            if getattr(self, name) <= 0:
+                raise GPT2KitError(f"{name}={getattr(self, name)} must be a positive integer")
         if self.n_embd % self.n_head:
             raise GPT2KitError(
                 f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}: "
@@ -65,3 +65,41 @@ def preset(name: str, **overrides: int | float | bool) -> GPTConfig:
     if name not in PRESETS:
         raise GPT2KitError(f"unknown preset '{name}': choose one of {', '.join(PRESETS)}")
     return replace(PRESETS[name], **overrides)
+
+
+@dataclass
+class SamplingConfig:
+    """How the next token is drawn from the model's distribution, and when a completion ends."""
+
+    max_new_tokens: int = 200
+    """Largest number of tokens to generate per completion."""
+    temperature: float = 0.8
+    """Softmax temperature; 0 means greedy (always the most likely token)."""
+    top_k: int | None = 200
+    """Sample only among the k most likely tokens; None: no limit."""
+    top_p: float | None = None
+    """Nucleus sampling: the smallest set of tokens whose probability reaches p, in (0, 1]; None: off."""
+    repetition_penalty: float = 1.0
+    """Divide positive (multiply negative) logits of tokens already in the context by this; 1: off."""
+    stop: list[str] = field(default_factory=list)
+    """Stop strings: a completion ends before the first one it produces."""
+    stop_token_ids: list[int] = field(default_factory=list)
+    """Token ids that end a completion (they are not part of it)."""
+    stop_at_eot: bool = True
+    """End a completion at the tokenizer's end-of-text token, if it has one."""
+    seed: int | None = None
+    """Seed for reproducible sampling (for the same batch of prompts); None: nondeterministic."""
+
+    def __post_init__(self) -> None:
+        if self.temperature < 0:
+            raise GPT2KitError(f"temperature={self.temperature} must be >= 0 (0 is greedy)")
+        if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
+            raise GPT2KitError(f"top_p={self.top_p} must be in (0, 1] (or None for no nucleus sampling)")
+        if self.top_k is not None and self.top_k <= 0:
+            raise GPT2KitError(f"top_k={self.top_k} must be a positive integer (or None for no limit)")
+        if self.max_new_tokens < 0:
+            raise GPT2KitError(f"max_new_tokens={self.max_new_tokens} must be >= 0")
+        if self.repetition_penalty <= 0:
+            raise GPT2KitError(f"repetition_penalty={self.repetition_penalty} must be > 0 (1 is no penalty)")
+        if any(not s for s in self.stop):
+            raise GPT2KitError("stop strings must not be empty: remove the empty string from stop")

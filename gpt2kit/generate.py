@@ -26,13 +26,14 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.overrides import TorchFunctionMode
 
+from gpt2kit.config import SamplingConfig
 from gpt2kit.errors import GPT2KitError
 from gpt2kit.model import GPT
 from gpt2kit.tokenizers import Tokenizer
@@ -41,44 +42,6 @@ log = logging.getLogger(__name__)
 
 FINISHED = -1
 """What a row that has already finished yields in a step of :class:`Generation` or :func:`stream`."""
-
-
-@dataclass
-class SamplingConfig:
-    """How the next token is drawn from the model's distribution, and when a completion ends."""
-
-    max_new_tokens: int = 200
-    """Largest number of tokens to generate per completion."""
-    temperature: float = 0.8
-    """Softmax temperature; 0 means greedy (always the most likely token)."""
-    top_k: int | None = 200
-    """Sample only among the k most likely tokens; None: no limit."""
-    top_p: float | None = None
-    """Nucleus sampling: the smallest set of tokens whose probability reaches p, in (0, 1]; None: off."""
-    repetition_penalty: float = 1.0
-    """Divide positive (multiply negative) logits of tokens already in the context by this; 1: off."""
-    stop: list[str] = field(default_factory=list)
-    """Stop strings: a completion ends before the first one it produces."""
-    stop_token_ids: list[int] = field(default_factory=list)
-    """Token ids that end a completion (they are not part of it)."""
-    stop_at_eot: bool = True
-    """End a completion at the tokenizer's end-of-text token, if it has one."""
-    seed: int | None = None
-    """Seed for reproducible sampling (for the same batch of prompts); None: nondeterministic."""
-
-    def __post_init__(self) -> None:
-        if self.temperature < 0:
-            raise GPT2KitError(f"temperature={self.temperature} must be >= 0 (0 is greedy)")
-        if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
-            raise GPT2KitError(f"top_p={self.top_p} must be in (0, 1] (or None for no nucleus sampling)")
-        if self.top_k is not None and self.top_k <= 0:
-            raise GPT2KitError(f"top_k={self.top_k} must be a positive integer (or None for no limit)")
-        if self.max_new_tokens < 0:
-            raise GPT2KitError(f"max_new_tokens={self.max_new_tokens} must be >= 0")
-        if self.repetition_penalty <= 0:
-            raise GPT2KitError(f"repetition_penalty={self.repetition_penalty} must be > 0 (1 is no penalty)")
-        if any(not s for s in self.stop):
-            raise GPT2KitError("stop strings must not be empty: remove the empty string from stop")
 
 
 @dataclass

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from gpt2kit import GPT2KitError
+from gpt2kit import corpora as sources_mod
 from gpt2kit.data import TextDataModule, TextSource, fetch_corpus, prepare
-from gpt2kit.data import sources as sources_mod
 from gpt2kit.tokenizers import CharTokenizer
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ast
 import importlib
 import json
 import tracemalloc
@@ -214,34 +213,3 @@ def test_shards_are_uint16_when_the_vocabulary_fits(tmp_path):
     p = prepare(TextSource.resolve(str(tmp_path / "c.txt")), CharTokenizer(), tmp_path / "out")
     assert p.meta["dtype"] == "uint16" and (p.path / "train.bin").stat().st_size == 2 * p.meta["train_tokens"]
     assert np.array_equal(p.tokens("train")[:4], p.tokenizer.encode("abc\n"))
-
-
-# --- layers ----------------------------------------------------------------------------------------------------
-
-ABOVE_DATA = ("lit", "callbacks", "finetune", "checkpoint", "cli", "ablate", "chat.session", "chat.repl",
-              "interop", "serve", "evaluate", "resume", "quantize", "generate")  # fmt: skip
-KNOWN_EXCEPTIONS = {("gpt2kit.data.prompts", "gpt2kit.generate")}  # predict's SamplingConfig: see the report
-
-
-def test_data_imports_nothing_above_its_layer():
-    root = Path(__file__).resolve().parents[1] / "gpt2kit"
-    found = []
-    for path in sorted((root / "data").glob("*.py")) + [
-        root / "chat" / "template.py",
-        root / "chat" / "conversations.py",
-    ]:
-        module = "gpt2kit." + ".".join(path.relative_to(root).with_suffix("").parts).removesuffix(".__init__")
-        for node in ast.walk(ast.parse(path.read_text())):  # every import, lazy ones inside functions too
-            names = (
-                [a.name for a in node.names] if isinstance(node, ast.Import)
-                else [node.module or ""] if isinstance(node, ast.ImportFrom) else []
-            )  # fmt: skip
-            for name in names:
-                for above in ABOVE_DATA:
-                    target = f"gpt2kit.{above}"
-                    if (name == target or name.startswith(target + ".")) and (
-                        module,
-                        target,
-                    ) not in KNOWN_EXCEPTIONS:
-                        found.append(f"{module} imports {name}")
-    assert not found, found

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from gpt2kit import GPT2KitError
+from gpt2kit import corpora as sources_mod
 from gpt2kit.data import TextSource, fetch_corpus, prepare
 from gpt2kit.data import readers as readers_mod
-from gpt2kit.data import sources as sources_mod
 from gpt2kit.data import text as text_mod
 from gpt2kit.tokenizers import EOT, ByteLevelBPETokenizer, CharTokenizer, GPT2Tokenizer
 

@@ -9,7 +9,7 @@ The format, one conversation per line::
 Roles are ``system``, ``user`` and ``assistant``; other keys of a line or of a message are ignored.
 A conversation needs at least one assistant message: only assistant turns are learned.
 
-Adapters turn the corpora in ``$GPT2KIT_DATA`` (see :mod:`gpt2kit.data.sources`) into the same
+Adapters turn the corpora in ``$GPT2KIT_DATA`` (see :mod:`gpt2kit.corpora`) into the same
 conversations:
 
 * **Topical-Chat** (``topical-chat``, or any of its ``*.json`` splits): two crowd workers,

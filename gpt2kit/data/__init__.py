@@ -6,6 +6,7 @@ folders, globs) → ``cache.py`` (request key → temporary folder → published
 ``datamodule.py`` (ShardDataModule, TextDataModule) → ``sampler.py`` (resumable, rank-sharded order).
 """
 
+from gpt2kit.corpora import CORPORA, cache_dir, fetch_corpus
 from gpt2kit.data.cache import TOKENIZER_FILE, PreparedFolder
 from gpt2kit.data.chat import ChatDataModule, PreparedChat, build_sample
 from gpt2kit.data.datamodule import ShardDataModule, TextDataModule, WindowDataset
@@ -21,7 +22,6 @@ from gpt2kit.data.readers import (
     TextSource,
     reader,
 )
-from gpt2kit.data.sources import CORPORA, cache_dir, fetch_corpus
 from gpt2kit.data.text import Prepared, prepare
 
 __all__ = [

@@ -23,11 +23,11 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from gpt2kit.corpora import cache_dir
 from gpt2kit.data.cache import PreparedFolder
 from gpt2kit.data.prepare import ShardFormat, prepare_shards
 from gpt2kit.data.readers import ReadOptions, Source, TextSource
 from gpt2kit.data.sampler import PAD, EvalSampler, RandomWindowSampler, ResumableDataLoader
-from gpt2kit.data.sources import cache_dir
 from gpt2kit.data.text import TextShards
 from gpt2kit.errors import GPT2KitError
 from gpt2kit.tokenizers import CharTokenizer, Tokenizer

@@ -15,8 +15,8 @@ from pathlib import Path
 import lightning as L
 from torch.utils.data import DataLoader
 
+from gpt2kit.config import SamplingConfig
 from gpt2kit.errors import GPT2KitError
-from gpt2kit.generate import SamplingConfig
 
 
 def read_prompts(path: str | Path) -> list[str]:

@@ -11,7 +11,7 @@ name, with the kind of data it yields and the file suffixes it reads:
   :class:`~gpt2kit.data.ChatDataModule` turns into masked samples.
 
 A :class:`Source` (what a DataModule's ``source`` names) picks each file's reader from this table: a
-named corpus (:mod:`gpt2kit.data.sources`) names its reader, a local file is read by the reader of
+named corpus (:mod:`gpt2kit.corpora`) names its reader, a local file is read by the reader of
 its kind that claims its suffix. Text and chat data resolve the same way; they differ only in the
 kind of reader they accept (:class:`TextSource`: documents, :class:`ChatSource`: conversations). A new format is
 one more function here (or in a plugin), e.g. the Parquet reader below::
@@ -45,7 +45,7 @@ from gpt2kit.chat.conversations import (
     read_chatterbot,
     read_topical_chat,
 )
-from gpt2kit.data.sources import CORPORA, fetch_corpus, sha256_file
+from gpt2kit.corpora import CORPORA, fetch_corpus, sha256_file
 from gpt2kit.errors import GPT2KitError
 
 Kind = Literal["text", "chat"]

@@ -133,7 +133,7 @@ def resolve_checkpoint(path: str) -> str:
     """
     if not is_hub_name(path):
         return path
-    from gpt2kit.data.sources import cache_dir
+    from gpt2kit.corpora import cache_dir
     from gpt2kit.interop.hf import import_hf
 
     folder = snapshot(path)

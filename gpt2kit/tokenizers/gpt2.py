@@ -46,7 +46,7 @@ class GPT2Tokenizer(ByteLevelBPE):
 
 def load_gpt2_files() -> tuple[list[str], list[str]]:
     """OpenAI's tokens (by id) and merges, from the sha256-checked ``gpt2-bpe`` corpus."""
-    from gpt2kit.data.sources import fetch_corpus  # here: gpt2kit.data imports the tokenizers
+    from gpt2kit.corpora import fetch_corpus
 
     root = fetch_corpus(CORPUS)
     vocab = json.loads((root / "encoder.json").read_text(encoding="utf-8"))

@@ -8,7 +8,7 @@ against its sha256 before use; a download that does not match is deleted and ref
 Each corpus names the reader of its files (:data:`gpt2kit.data.readers.READERS`); how a DataModule's
 ``source`` — a corpus, file, folder or glob — becomes files and readers is
 :class:`gpt2kit.data.readers.Source`. This module imports nothing else of gpt2kit's, so that the
-tokenizers may fetch their vocabulary files (``gpt2-bpe``) from it.
+tokenizers (layer 4) may fetch their vocabulary files (``gpt2-bpe``) from it: it is a foundation (layer 1).
 """
 
 from __future__ import annotations
