@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import difflib
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -37,6 +38,9 @@ from gpt2kit.serve.command import serve_command  # uvicorn/FastAPI are imported 
 __all__ = ["COMMANDS", "generate_command", "lightning_main", "list_command", "main"]
 
 log = logging.getLogger("gpt2kit")
+
+TRACEBACK_ENV = "GPT2KIT_TRACEBACK"
+"""Set to 1 to see the traceback of an unexpected error (users never see one otherwise)."""
 
 
 # --- gpt2kit's own subcommands ----------------------------------------------------------------------------
@@ -262,15 +266,26 @@ def main(argv: Sequence[str] | None = None) -> None:
     """``python -m gpt2kit``: the one place where a user error becomes ``error: ...`` and exit code 2.
 
     Everything below raises :class:`~gpt2kit.errors.GPT2KitError` (or an exception caused by one); here it
-    is said in one line (two with a hint), without a traceback. Anything else is a bug, and keeps its
-    traceback.
+    is said in one line (two with a hint), without a traceback, exit code 2. Anything else (a bug, or a
+    failure of a library or the system under us: out of memory, a full disk) is said in one line too,
+    exit code 1, with the traceback only when ``GPT2KIT_TRACEBACK=1``; Ctrl-C ends with exit code 130.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         _dispatch(argv)
+    except KeyboardInterrupt:
+        sys.stderr.write("error: interrupted\n")
+        sys.exit(130)
     except Exception as exc:
         cause = user_error(exc)
-        if cause is None:
+        if cause is not None:
+            fail(cause)
+        if os.environ.get(TRACEBACK_ENV) == "1":
             raise
-        fail(cause)
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        sys.stderr.write(
+            f"error: {type(exc).__name__}: {first}\n(not a mistake gpt2kit recognised; rerun with "
+            f"{TRACEBACK_ENV}=1 for the traceback, and report it if it is a bug)\n"
+        )
+        sys.exit(1)

@@ -133,3 +133,35 @@ def test_user_errors_raised_while_running_end_at_the_boundary(ckpt, tmp_path):
         env={**os.environ, "GPT2KIT_PLUGINS": "no_such_plugin_module"},
     )
     assert_user_error(env_out, "plugin module 'no_such_plugin_module' was not found")
+
+
+def test_an_unexpected_error_is_one_line_and_its_traceback_is_opt_in(monkeypatch, capsys):
+    """A failure gpt2kit does not recognise (a bug, or the system's) is one line and exit code 1, no traceback;
+    GPT2KIT_TRACEBACK=1 lets it through, traceback and all."""
+    from gpt2kit import cli
+
+    def broken(argv):
+        raise RuntimeError("disk on fire\nsecond line")
+
+    monkeypatch.setattr(cli, "_dispatch", broken)
+    monkeypatch.delenv(cli.TRACEBACK_ENV, raising=False)
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["list"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_.value.code == 1 and len(err) == 2
+    assert err[0] == "error: RuntimeError: disk on fire" and cli.TRACEBACK_ENV in err[1]
+    monkeypatch.setenv(cli.TRACEBACK_ENV, "1")
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        cli.main(["list"])
+
+
+def test_ctrl_c_is_one_line_and_exit_code_130(monkeypatch, capsys):
+    from gpt2kit import cli
+
+    def interrupted(argv):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_dispatch", interrupted)
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["list"])
+    assert exit_.value.code == 130 and capsys.readouterr().err == "error: interrupted\n"
