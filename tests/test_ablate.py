@@ -83,11 +83,18 @@ def final_val_loss(run_dir):
 
 def report_table(report):
     """The rows of report.md's ranking table: {variant: (rank, "mean ± std", "Δ")}."""
-    rows = {}
+    rows, header = {}, None
     for line in report.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if len(cells) == 10 and cells[0].isdigit():
-            rows[cells[1].removeprefix("**").split("**")[0]] = (int(cells[0]), cells[3], cells[4])
+        if "variant" in cells and "Δ vs baseline" in cells:
+            header = cells
+        elif header and len(cells) == len(header) and cells[0].isdigit():
+            col = dict(zip(header, cells, strict=True))  # the ranked metric is the fourth column
+            rows[col["variant"].removeprefix("**").split("**")[0]] = (
+                int(cells[0]),
+                cells[3],
+                col["Δ vs baseline"],
+            )
     return rows
 
 
