@@ -25,7 +25,6 @@ it through ``torch.optim.lr_scheduler.LambdaLR``, stepped every optimizer step.
 from __future__ import annotations
 
 import functools
-import inspect
 import math
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Literal
@@ -35,6 +34,7 @@ from torch import Tensor
 
 from gpt2kit.errors import GPT2KitError
 from gpt2kit.registry import add_kind
+from gpt2kit.spec import init_args_from_attributes, instance_spec
 
 if TYPE_CHECKING:
     from gpt2kit.finetune import FreezePolicy
@@ -289,15 +289,25 @@ class MuonAdamW(torch.optim.Optimizer):
 class Schedule:
     """Base class: the multiple of the peak LR at each optimizer step (``factor``), given the run's length.
 
-    Subclasses implement :meth:`factor`; constructor arguments are stored as attributes of the same
-    names (they are the schedule's spec in a checkpoint).
+    Every schedule warms up linearly over ``warmup_steps`` and ends at ``min_lr_ratio``; subclasses
+    implement :meth:`decay`, the shape in between. Constructor arguments are stored as attributes of the
+    same names (they are the schedule's spec in a checkpoint).
     """
 
     warmup_steps: int = 0
+    min_lr_ratio: float = 0.0
     decay_steps: int | None = None
 
     def factor(self, step: int, total: int) -> float:
         """LR multiple at optimizer step ``step`` (0-based) of a run whose schedule spans ``total`` steps."""
+        if step < self.warmup_steps:
+            return _warmup(step, self.warmup_steps)
+        if step >= total:
+            return self.min_lr_ratio
+        return self.decay(step, total)
+
+    def decay(self, step: int, total: int) -> float:
+        """The multiple between the end of warmup and ``total`` (``warmup_steps <= step < total``)."""
         raise NotImplementedError
 
     def total_steps(self, max_steps: int) -> int:
@@ -322,12 +332,7 @@ class Schedule:
 
     def spec(self) -> dict[str, Any]:
         """``{"class_path": ..., "init_args": ...}``: how a checkpoint records this schedule."""
-        cls = type(self)
-        params = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
-        return {
-            "class_path": f"{cls.__module__}.{cls.__qualname__}",
-            "init_args": {p: getattr(self, p) for p in params},
-        }
+        return instance_spec(self, init_args_from_attributes(self))
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.spec()["init_args"].items())
@@ -374,11 +379,7 @@ class WarmupCosine(Schedule):
         _check_common("WarmupCosine", warmup_steps, min_lr_ratio, decay_steps)
         self.warmup_steps, self.min_lr_ratio, self.decay_steps = warmup_steps, min_lr_ratio, decay_steps
 
-    def factor(self, step: int, total: int) -> float:
-        if step < self.warmup_steps:
-            return _warmup(step, self.warmup_steps)
-        if step >= total:
-            return self.min_lr_ratio
+    def decay(self, step: int, total: int) -> float:
         progress = (step - self.warmup_steps) / max(1, total - self.warmup_steps)
         return self.min_lr_ratio + 0.5 * (1.0 + math.cos(math.pi * progress)) * (1.0 - self.min_lr_ratio)
 
@@ -410,11 +411,7 @@ class WarmupStableDecay(Schedule):
         self.warmup_steps, self.cooldown_fraction = warmup_steps, cooldown_fraction
         self.min_lr_ratio, self.decay_steps = min_lr_ratio, decay_steps
 
-    def factor(self, step: int, total: int) -> float:
-        if step < self.warmup_steps:
-            return _warmup(step, self.warmup_steps)
-        if step >= total:
-            return self.min_lr_ratio
+    def decay(self, step: int, total: int) -> float:
         cooldown = self.cooldown_fraction * total
         left = total - step  # steps to the end of the run
         if left >= cooldown:
@@ -438,11 +435,7 @@ class Linear(Schedule):
         _check_common("Linear", warmup_steps, min_lr_ratio, decay_steps)
         self.warmup_steps, self.min_lr_ratio, self.decay_steps = warmup_steps, min_lr_ratio, decay_steps
 
-    def factor(self, step: int, total: int) -> float:
-        if step < self.warmup_steps:
-            return _warmup(step, self.warmup_steps)
-        if step >= total:
-            return self.min_lr_ratio
+    def decay(self, step: int, total: int) -> float:
         progress = (step - self.warmup_steps) / max(1, total - self.warmup_steps)
         return 1.0 - (1.0 - self.min_lr_ratio) * progress
 
@@ -459,5 +452,7 @@ class Constant(Schedule):
         _check_common("Constant", warmup_steps, 0.0, None)
         self.warmup_steps = warmup_steps
 
-    def factor(self, step: int, total: int) -> float:
-        return _warmup(step, self.warmup_steps) if step < self.warmup_steps else 1.0
+    min_lr_ratio = 1.0  # the peak LR after the warmup, and after the end
+
+    def decay(self, step: int, total: int) -> float:
+        return 1.0
