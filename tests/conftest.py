@@ -11,10 +11,15 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = REPO / "recipes"
-# ../shared/data beside the checkout (or beside a folder above it, for git worktrees)
-SHARED_DATA = next(
-    (p / "shared" / "data" for p in REPO.parents if (p / "shared" / "data").is_dir()),
-    REPO.parent / "shared" / "data",
+# The corpora: $GPT2KIT_DATA, else ../shared/data beside the checkout (or beside a folder above it, for
+# git worktrees)
+SHARED_DATA = (
+    Path(os.environ["GPT2KIT_DATA"])
+    if os.environ.get("GPT2KIT_DATA")
+    else next(
+        (p / "shared" / "data" for p in REPO.parents if (p / "shared" / "data").is_dir()),
+        REPO.parent / "shared" / "data",
+    )
 )
 
 # Tiny models gain nothing from several threads, and threads fighting over 2 cores (or over pytest-xdist
