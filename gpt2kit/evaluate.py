@@ -31,6 +31,7 @@ import json
 import logging
 import os
 import re
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -527,7 +528,7 @@ def evaluate_command(
     task_manager(names, paths)  # unknown names are refused before a large model is loaded
     lm = GPT2KitLM(ckpt=ckpt, batch_size=batch_size, device=device, dtype=dtype)
     results = run_tasks(lm, names, limit, num_fewshot, paths, seed=seed)
-    print(make_table(results))
+    sys.stdout.write(make_table(results) + "\n")  # the command's output: lm-eval's table
     if output is not None:
         Path(output).parent.mkdir(parents=True, exist_ok=True)
         record = {
@@ -537,7 +538,7 @@ def evaluate_command(
             "n-samples": results.get("n-samples"),
         }
         Path(output).write_text(json.dumps(record, indent=2, default=str) + "\n")
-        print(f"wrote {output}")
+        log.info("wrote %s", output)
 
 
 def lm_eval_main() -> None:
