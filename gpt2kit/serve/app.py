@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hmac
 import json
 import logging
@@ -606,20 +607,20 @@ def _sse(
     return StreamingResponse(body(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
 
+def _chunk(
+    kind: str, rid: str, created: int, model: str, include_usage: bool, choices: list[dict], usage=None
+) -> dict:
+    """One streamed chunk of OpenAI's wire format (``usage`` only when the client asked for it)."""
+    out = {"id": rid, "object": kind, "created": created, "model": model, "choices": choices}
+    if include_usage:
+        out["usage"] = usage
+    return out
+
+
 async def _chat_chunks(
     served: ServedModel, reqs: list[EngineRequest], rid: str, created: int, include_usage: bool, n: int
 ) -> AsyncIterator[dict]:
-    def chunk(choices: list[dict], usage: dict | None = None) -> dict:
-        out = {
-            "id": rid,
-            "object": "chat.completion.chunk",
-            "created": created,
-            "model": served.name,
-            "choices": choices,
-        }
-        if include_usage:
-            out["usage"] = usage
-        return out
+    chunk = functools.partial(_chunk, "chat.completion.chunk", rid, created, served.name, include_usage)
 
     for i in range(len(reqs)):
         yield chunk(
@@ -663,17 +664,7 @@ async def _completion_chunks(
     include_usage: bool,
     n_prompts: int,
 ) -> AsyncIterator[dict]:
-    def chunk(choices: list[dict], usage: dict | None = None) -> dict:
-        out = {
-            "id": rid,
-            "object": "text_completion",
-            "created": created,
-            "model": served.name,
-            "choices": choices,
-        }
-        if include_usage:
-            out["usage"] = usage
-        return out
+    chunk = functools.partial(_chunk, "text_completion", rid, created, served.name, include_usage)
 
     echoed: set[int] = set()
     async for i, ev in _merged(reqs):
