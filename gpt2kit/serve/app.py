@@ -607,6 +607,18 @@ def _sse(
     return StreamingResponse(body(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
 
+def _stream_error(ev: Event) -> dict:
+    """What a stream sends when generation fails under it: OpenAI's error object, as an event."""
+    return {
+        "error": {
+            "message": f"generation failed: {ev.error}",
+            "type": "server_error",
+            "param": None,
+            "code": None,
+        }
+    }
+
+
 def _chunk(
     kind: str, rid: str, created: int, model: str, include_usage: bool, choices: list[dict], usage=None
 ) -> dict:
@@ -635,14 +647,7 @@ async def _chat_chunks(
         )
     async for i, ev in _merged(reqs):
         if ev.finish_reason == "error":
-            yield {
-                "error": {
-                    "message": f"generation failed: {ev.error}",
-                    "type": "server_error",
-                    "param": None,
-                    "code": None,
-                }
-            }
+            yield _stream_error(ev)
             continue
         if not ev.text and ev.finish_reason is None:
             continue
@@ -669,14 +674,7 @@ async def _completion_chunks(
     echoed: set[int] = set()
     async for i, ev in _merged(reqs):
         if ev.finish_reason == "error":
-            yield {
-                "error": {
-                    "message": f"generation failed: {ev.error}",
-                    "type": "server_error",
-                    "param": None,
-                    "code": None,
-                }
-            }
+            yield _stream_error(ev)
             continue
         text, lps = ev.text, ev.logprobs
         echo_now = body.echo and i not in echoed
