@@ -27,9 +27,10 @@ ALPHABET = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 ?!.,'
 GREEDY = ["--temperature", "0", "--max_new_tokens", "6"]
 
 
-def tiny_checkpoint(path, block_size=64, chat=True, seed=0):
+def tiny_checkpoint(path, block_size=64, chat=True, seed=0, alphabet=ALPHABET):
+    """A random 2-layer char model (with RoleTokensTemplate when ``chat``), saved at ``path``."""
     tok = CharTokenizer(special_tokens=["<|endoftext|>"])
-    tok.train([ALPHABET])
+    tok.train([alphabet])
     if chat:
         tok.add_special_tokens(RoleTokensTemplate().special_tokens())
     torch.manual_seed(seed)

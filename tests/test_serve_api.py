@@ -6,7 +6,6 @@ format, the options and the errors, not what the model says. Servers bind to 127
 
 from __future__ import annotations
 
-import functools
 import json
 
 import pytest
@@ -16,35 +15,21 @@ pytest.importorskip("fastapi", reason="needs the serve extra: pip install 'gpt2k
 openai = pytest.importorskip("openai", reason="needs the openai SDK: pip install 'gpt2kit[test-serve]'")
 httpx = pytest.importorskip("httpx")
 
-from gpt2kit import GPTConfig  # noqa: E402
+import test_chat_repl  # noqa: E402
+
 from gpt2kit.chat import ChatSession, RoleTokensTemplate  # noqa: E402
 from gpt2kit.checkpoint import save_checkpoint  # noqa: E402
 from gpt2kit.generate import SamplingConfig, generate  # noqa: E402
-from gpt2kit.lit import GPTLitModule  # noqa: E402
-from gpt2kit.nn import LayerNorm  # noqa: E402
 from gpt2kit.serve.command import load_served_model  # noqa: E402
 from gpt2kit.serve.testing import running_server  # noqa: E402
-from gpt2kit.tokenizers import CharTokenizer  # noqa: E402
 
 ALPHABET = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 ?!.,'<|>\n"
 KEY = "sk-test-key"
 
 
 def tiny_checkpoint(path, chat: bool, block_size: int = 64) -> str:
-    tok = CharTokenizer(special_tokens=["<|endoftext|>"])
-    tok.train([ALPHABET])
-    if chat:
-        tok.add_special_tokens(RoleTokensTemplate().special_tokens())
-    torch.manual_seed(0)
-    arch = GPTConfig(
-        n_layer=2, n_head=2, n_embd=32, block_size=block_size, vocab_size=tok.vocab_size, bias=False
-    )
-    module = GPTLitModule(arch, norm=functools.partial(LayerNorm, bias=False))
-    module.tokenizer = tok
-    if chat:
-        module.chat_template = RoleTokensTemplate().to_dict()
-    save_checkpoint(module, path)
-    return str(path)
+    """The chat REPL tests' tiny model, over an alphabet that can spell turn markers (``<|user|>``)."""
+    return test_chat_repl.tiny_checkpoint(path, block_size=block_size, chat=chat, alphabet=ALPHABET)
 
 
 def trained_chat_checkpoint(path, steps: int = 300) -> str:
