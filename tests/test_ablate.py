@@ -42,8 +42,9 @@ import lightning as L
 
 
 class InterruptOnce(L.Callback):
-    def __init__(self, state: str, run: int = 4, step: int = 2) -> None:
+    def __init__(self, state: str, run: int = 4, step: int = 2, sig: str = "SIGINT") -> None:
         self.state, self.run, self.step, self.armed = Path(state), run, step, False
+        self.sig = getattr(signal, sig)
 
     def on_fit_start(self, trainer, pl_module):
         seen = json.loads(self.state.read_text()) if self.state.exists() else {"fits": 0, "fired": False}
@@ -58,7 +59,7 @@ class InterruptOnce(L.Callback):
             seen = json.loads(self.state.read_text())
             self.state.write_text(json.dumps({**seen, "fired": True}))
             self.armed = False
-            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C: Lightning shuts down cleanly, then exits
+            os.kill(os.getpid(), self.sig)  # Ctrl-C (or a kill): Lightning shuts down cleanly, then exits
 """
 
 
@@ -247,6 +248,36 @@ def test_variant_that_crashes_mid_training_is_failed_and_the_others_finish(tmp_p
     assert "- crash (seed 1): **failed**: " in report and "boom at step 2" in report
     assert set(report_table(report)) == {"gpt2", "rms"}  # ranked: the ones that finished (crash: "–")
     assert "| – | crash |" in report
+
+
+def test_run_stopped_by_sigterm_is_resumed_not_done(tmp_path, monkeypatch, caplog):
+    """A kill (SIGTERM: a scheduler, a shutdown) makes Lightning save and return cleanly, exit status 0,
+    before max_steps: the run must stay resumable, not be taken for a finished one."""
+    caplog.set_level(logging.INFO, logger="gpt2kit.ablate")
+    (tmp_path / "ablate_interrupt.py").write_text(INTERRUPT)
+    monkeypatch.syspath_prepend(str(tmp_path))  # the study is resolved here, the runs in subprocesses
+    monkeypatch.setenv("PYTHONPATH", f"{tmp_path}:{':'.join(sys.path)}")
+    kill = {
+        "class_path": "ablate_interrupt.InterruptOnce",
+        "init_args": {"state": str(tmp_path / "killed"), "run": 1, "sig": "SIGTERM"},
+    }
+    overrides = {"trainer.callbacks": [kill], "trainer.max_steps": 6}
+    path = write_study(tmp_path, seeds=[1], variants={"gpt2": {}}, overrides=overrides)
+    study = load_study(path)
+    run = study.out_dir / "gpt2" / "seed1"
+    ablate(study, parallel=2)
+    state = yaml.safe_load((run / "run.json").read_text())
+    # Lightning finishes the step it got the signal in (step 2, the third), then saves and returns.
+    assert (state["status"], state["error"]) == ("running", "stopped at step 3 of 6")
+    assert any(
+        "gpt2 (seed 1) stopped at step 3 of 6; run the same command again" in m for m in caplog.messages
+    )
+    assert "**running**" in (study.out_dir / "report.md").read_text()
+
+    ablate(load_study(path), parallel=2)  # the same command resumes it
+    state = yaml.safe_load((run / "run.json").read_text())
+    assert (state["status"], state["error"], state["sessions"]) == ("done", None, 2)
+    assert train_steps(run / "logs" / "version_1") == [3, 4, 5]
 
 
 @pytest.mark.parametrize(

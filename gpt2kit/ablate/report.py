@@ -19,7 +19,15 @@ from typing import Any
 import yaml
 
 from gpt2kit.ablate.runner import DONE, FAILED, read_state
-from gpt2kit.ablate.study import LOGS, Run, Study, _get, override_args
+from gpt2kit.ablate.study import (
+    Run,
+    Study,
+    _get,
+    log_versions,
+    override_args,
+    read_metrics,
+    read_metrics_csv,
+)
 
 log = logging.getLogger("gpt2kit.ablate")
 
@@ -71,44 +79,19 @@ class Result:
         }
 
 
-def _versions(run: Run) -> list[Path]:
-    logs = run.dir / LOGS
-    found = (
-        [p for p in logs.glob("version_*") if p.is_dir() and p.name[8:].isdigit()] if logs.is_dir() else []
-    )
-    return sorted(found, key=lambda p: int(p.name[8:]))
-
-
-def _read_csv(path: Path) -> list[dict[str, float]]:
-    if not path.is_file():
-        return []
-    with open(path, newline="") as f:
-        rows = [{k: float(v) for k, v in r.items() if v not in ("", None)} for r in csv.DictReader(f)]
-    return [r for r in rows if "step" in r]
-
-
-def read_metrics(run: Run) -> list[dict[str, float]]:
-    """The run's logged rows, in order, across its sessions: a resumed session replaces the rows of
-    earlier ones from the step it resumed at."""
-    rows: list[dict[str, float]] = []
-    for version in _versions(run):
-        new = _read_csv(version / "metrics.csv")
-        if new:
-            first = min(r["step"] for r in new)
-            rows = [r for r in rows if r["step"] < first] + new
-    return rows
-
-
 def fit_time(run: Run) -> float | None:
     """Seconds of training, every session's (as :class:`~gpt2kit.ablate.RunRecord` logged them)."""
     times = [
-        r["fit_time_s"] for v in _versions(run) for r in _read_csv(v / "metrics.csv") if "fit_time_s" in r
+        r["fit_time_s"]
+        for v in log_versions(run)
+        for r in read_metrics_csv(v / "metrics.csv")
+        if "fit_time_s" in r
     ]
     return round(sum(times), 2) if times else None
 
 
 def _params(run: Run) -> int | None:
-    for version in reversed(_versions(run)):
+    for version in reversed(log_versions(run)):
         path = version / "hparams.yaml"
         if path.is_file():
             try:

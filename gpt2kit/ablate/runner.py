@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from gpt2kit.ablate.study import Run, fit_args
+from gpt2kit.ablate.study import Run, _get, end_step, fit_args
 from gpt2kit.errors import GPT2KitError, user_error
 
 log = logging.getLogger("gpt2kit.ablate")
@@ -127,6 +127,27 @@ def _start(run: Run) -> float:
     return time.perf_counter()
 
 
+def _stopped_short(run: Run) -> str | None:
+    """Why a run that exited cleanly is not done: a SIGTERM (a scheduler, a ``kill``) makes Lightning save
+    and return normally, before ``max_steps``. None when it reached the end, or when that cannot be told
+    (no ``max_steps``, nothing logged)."""
+    max_steps = _get(run.config or {}, "trainer.max_steps")
+    step = end_step(run)
+    if not isinstance(max_steps, int) or max_steps <= 0 or step is None or step >= max_steps:
+        return None
+    return f"stopped at step {step} of {max_steps}"
+
+
+def _succeeded(run: Run, start: float) -> None:
+    """A run that exited cleanly: done, or, if it stopped short of the end, left to resume."""
+    short = _stopped_short(run)
+    if short is None:
+        _finish(run, start, DONE)
+    else:
+        _finish(run, start, RUNNING, short)
+        log.warning("ablate: %s %s; run the same command again to resume it", run.label, short)
+
+
 def _finish(run: Run, start: float, status: str, error: str | None = None) -> None:
     wall = read_state(run).get("wall_time_s", 0.0) + time.perf_counter() - start
     write_state(run, status=status, wall_time_s=round(wall, 2), error=error)
@@ -169,7 +190,7 @@ def _sequential(todo: Sequence[Run]) -> bool:
                 (run.dir / "error.log").write_text(traceback.format_exc())
                 _finish(run, start, FAILED, f"{_one_line(exc)} (traceback in {run.dir / 'error.log'})")
         else:
-            _finish(run, start, DONE)
+            _succeeded(run, start)
         finally:
             if in_main:
                 signal.signal(signal.SIGINT, previous)
@@ -242,7 +263,7 @@ def _parallel(todo: Sequence[Run], parallel: int) -> bool:
                 out.close()
                 del active[slot]
                 if proc.returncode == 0:
-                    _finish(run, start, DONE)
+                    _succeeded(run, start)
                 else:
                     _finish(run, start, FAILED, _last_error(run.dir / "train.log"))
     except KeyboardInterrupt:

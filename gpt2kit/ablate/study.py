@@ -21,6 +21,7 @@ logger (a ``CSVLogger`` in that folder, which the report reads), and a ``last.ck
 
 from __future__ import annotations
 
+import csv
 import difflib
 import itertools
 import json
@@ -423,6 +424,43 @@ def place(config: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     callbacks.append({"class_path": "gpt2kit.ablate.RunRecord"})
     trainer["callbacks"] = callbacks
     return config
+
+
+def log_versions(run: Run) -> list[Path]:
+    """The run's ``CSVLogger`` folders (``logs/version_N``), one per session, oldest first."""
+    logs = run.dir / LOGS
+    found = (
+        [p for p in logs.glob("version_*") if p.is_dir() and p.name[8:].isdigit()] if logs.is_dir() else []
+    )
+    return sorted(found, key=lambda p: int(p.name[8:]))
+
+
+def read_metrics_csv(path: Path) -> list[dict[str, float]]:
+    """A ``metrics.csv``'s rows that have a step, their values as floats (empty cells left out)."""
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        rows = [{k: float(v) for k, v in r.items() if v not in ("", None)} for r in csv.DictReader(f)]
+    return [r for r in rows if "step" in r]
+
+
+def read_metrics(run: Run) -> list[dict[str, float]]:
+    """The run's logged rows, in order, across its sessions: a resumed session replaces the rows of
+    earlier ones from the step it resumed at."""
+    rows: list[dict[str, float]] = []
+    for version in log_versions(run):
+        new = read_metrics_csv(version / "metrics.csv")
+        if new:
+            first = min(r["step"] for r in new)
+            rows = [r for r in rows if r["step"] < first] + new
+    return rows
+
+
+def end_step(run: Run) -> int | None:
+    """The optimizer step the run's last session ended at, as :class:`~gpt2kit.ablate.RunRecord` logged
+    it (None when nothing was logged: no logger, or a crash before fitting)."""
+    ends = [r["step"] for r in read_metrics(run) if "fit_time_s" in r]
+    return int(max(ends)) if ends else None
 
 
 def fit_args(run: Run, extra: Sequence[str] = ()) -> list[str]:
