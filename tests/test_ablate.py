@@ -339,3 +339,20 @@ def test_study_recipes_parse(name):
     runs = plan(study)  # every run's config, through the fit parser
     assert runs and not [r.error for r in runs if r.error]
     assert len(runs) == len(study.variants) * len(study.seeds) and len(study.seeds) >= 2
+
+
+def test_a_class_renamed_to_its_module_path_is_the_same_run(tmp_path):
+    """A re-run after an upgrade that spells a class by another path (the package's re-export, the
+    module's own path) continues the runs; another class is still refused."""
+    from gpt2kit.ablate.runner import check_unchanged, write_state
+
+    def run(tokenizer):
+        identity = {"data": {"init_args": {"tokenizer": {"class_path": tokenizer}}}}
+        return Run("v", 1, tmp_path / "v", identity=identity)
+
+    write_state(
+        run("gpt2kit.tokenizers.CharTokenizer"), identity=run("gpt2kit.tokenizers.CharTokenizer").identity
+    )
+    check_unchanged([run("gpt2kit.tokenizers.char.CharTokenizer")])  # the same class
+    with pytest.raises(Exception, match=r"was run with another config \(data.init_args.tokenizer.class_path"):
+        check_unchanged([run("gpt2kit.tokenizers.GPT2Tokenizer")])

@@ -25,6 +25,7 @@ import yaml
 
 from gpt2kit.ablate.study import Run, _get, end_step, fit_args
 from gpt2kit.errors import GPT2KitError, user_error
+from gpt2kit.spec import resolve_class
 
 log = logging.getLogger("gpt2kit.ablate")
 
@@ -50,13 +51,31 @@ def write_state(run: Run, **changes: Any) -> dict[str, Any]:
     return state
 
 
+def _same_class(old: str, new: str) -> bool:
+    """Two class paths that name one class: a class re-exported by its package and found since by its
+    module's path (``gpt2kit.tokenizers.CharTokenizer`` and ``gpt2kit.tokenizers.char.CharTokenizer``)."""
+    try:
+        return resolve_class(old, object) is resolve_class(new, object)
+    except GPT2KitError:  # a class that is gone (a plugin not installed): the paths differ
+        return False
+
+
 def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
     if isinstance(old, dict) and isinstance(new, dict):
         out = []
         for key in sorted(set(old) | set(new), key=str):
             out += _differences(old.get(key), new.get(key), f"{prefix}{key}.")
         return out
-    return [] if old == new else [f"{prefix[:-1]}: {old!r} → {new!r}"]
+    if old == new:
+        return []
+    if (
+        prefix.endswith("class_path.")
+        and isinstance(old, str)
+        and isinstance(new, str)
+        and _same_class(old, new)
+    ):
+        return []
+    return [f"{prefix[:-1]}: {old!r} → {new!r}"]
 
 
 def check_unchanged(runs: Sequence[Run]) -> None:
@@ -64,12 +83,11 @@ def check_unchanged(runs: Sequence[Run]) -> None:
     changed = []
     for run in runs:
         state = read_state(run)
-        if (
-            run.identity is not None
-            and state.get("identity") is not None
-            and state["identity"] != run.identity
-        ):
-            changed.append((run, _differences(state["identity"], run.identity)))
+        if run.identity is None or state.get("identity") is None:
+            continue
+        diffs = _differences(state["identity"], run.identity)
+        if diffs:
+            changed.append((run, diffs))
     if changed:
         run, diffs = changed[0]
         more = f" (and {len(changed) - 1} more run(s))" if len(changed) > 1 else ""
