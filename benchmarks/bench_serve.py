@@ -2,7 +2,7 @@
 
     GPT2KIT_DATA=/work/shared/data python benchmarks/bench_serve.py [--quick] [--clients 1 4 8 16]
         [--dtypes float32 int8] [--new_tokens 128] [--requests_per_client 2] [--repeats 3]
-        [--peer serve|generate|none] [--threads N]
+        [--peer serve|generate|none] [--stagger S] [--threads N]
 
 GPT-2 small shape (124M, random weights built locally with GPT-2's BPE vocabulary; nothing is
 downloaded), written once as a Hugging Face folder and imported into a gpt2kit checkpoint, so both
@@ -17,7 +17,8 @@ Each client is a thread that sends ``requests_per_client`` streaming ``/v1/compl
 after the other: greedy, ``max_tokens`` = ``new_tokens`` (random weights almost never draw
 end-of-text; a request that stopped early is counted by its real token count from ``usage``), the
 prompt a window of 16 to 200 GPT-2 tokens of Tiny Shakespeare, the same requests for every server. All
-clients start together, so the first requests arrive as a burst. Reported per server and client
+clients start together, so the first requests arrive as a burst (``--stagger S`` starts client c
+``c * S`` seconds after the first instead: arrivals spread out, as a server in steady state sees them). Reported per server and client
 count: aggregate generated tokens/s over the wall time, and p50 / p95 time to first token as the
 clients see it (request sent → first streamed text). The servers run one after another, interleaved
 (every repeat runs each client count on every server), and the figures are medians over repeats; the
@@ -118,8 +119,12 @@ def server(cmd: list[str], port: int, log: Path, timeout: float = 300.0) -> Iter
             proc.wait()
 
 
-def run_clients(url: str, model: str, clients: int, prompts: list[str], per_client: int, new: int) -> dict:
-    """``clients`` threads, each sending ``per_client`` streaming requests in turn; tokens/s and TTFT."""
+def run_clients(
+    url: str, model: str, clients: int, prompts: list[str], per_client: int, new: int, stagger: float = 0.0
+) -> dict:
+    """``clients`` threads, each sending ``per_client`` streaming requests in turn; tokens/s and TTFT.
+
+    ``stagger``: client c starts ``c * stagger`` seconds after the first (0: all at once, a burst)."""
     import httpx
 
     ttft: list[float] = []
@@ -129,6 +134,7 @@ def run_clients(url: str, model: str, clients: int, prompts: list[str], per_clie
     lock = threading.Lock()
 
     def client(c: int) -> None:
+        time.sleep(c * stagger)
         with httpx.Client(base_url=url, timeout=900) as http:
             for r in range(per_client):
                 i = c * per_client + r
@@ -215,6 +221,12 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3, help="interleaved rounds; figures are their medians")
     p.add_argument("--peer", choices=["serve", "generate", "none"], default="serve")
     p.add_argument(
+        "--stagger",
+        type=float,
+        default=0.0,
+        help="seconds between client starts (default 0: every client starts at once, a burst)",
+    )
+    p.add_argument(
         "--threads", type=int, default=None, help="torch threads of every server (default: torch's)"
     )
     p.add_argument("--keep", action="store_true", help="keep the model folder and the servers' logs")
@@ -264,7 +276,7 @@ def main() -> None:
                         r = static.run(n, prompts, args.requests_per_client, args.new_tokens)
                     else:
                         r = run_clients(urls[name], models[name], n, prompts, args.requests_per_client,
-                                        args.new_tokens)  # fmt: skip
+                                        args.new_tokens, args.stagger)  # fmt: skip
                     rows.setdefault((name, n), []).append(r)
                     print(f"[{rep + 1}/{args.repeats}] {name:52s} {n:2d} clients: {r['tok_s']:6.1f} tok/s  "
                           f"TTFT p50 {r['p50']:5.2f} s  p95 {r['p95']:5.2f} s", flush=True)  # fmt: skip
@@ -276,7 +288,7 @@ def main() -> None:
 
     med = statistics.median
     print(f"\nmedians of {args.repeats} interleaved repeat(s); {args.requests_per_client} request(s) per client, "
-          f"{args.new_tokens} new tokens each\n")  # fmt: skip
+          f"{args.new_tokens} new tokens each; clients started {args.stagger} s apart\n")  # fmt: skip
     print("| server | clients | aggregate tok/s | TTFT p50 (s) | TTFT p95 (s) |")
     print("|---|---:|---:|---:|---:|")
     for (name, n), rs in rows.items():
