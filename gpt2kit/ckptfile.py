@@ -33,6 +33,11 @@ def read_checkpoint(path: str | Path, mmap: bool = False) -> dict[str, Any]:
             if path.is_dir()
             else ""
         )
+        if str(path).startswith("hf:"):  # a hub name (gpt2kit.interop.hub), which only layers above resolve
+            hint = (
+                f": names like {path} are fetched by the command line; in Python, give "
+                f"gpt2kit.interop.hub.resolve_checkpoint({str(path)!r}), the local checkpoint it imports"
+            )
         raise GPT2KitError(f"checkpoint '{path}' does not exist{hint}")
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and _is_zip(path))

@@ -108,3 +108,21 @@ def test_gpt2_recipes_start_from_hf_gpt2(hf_home, tmp_path, recipe, extra):
         assert torch.equal(last.model.blocks[0].mlp.c_fc.weight, base.model.blocks[0].mlp.c_fc.weight)
     else:
         assert last.chat_template is not None and last.model.config.vocab_size == n + 4
+
+
+def test_a_hub_name_in_python_says_how_to_resolve_it(hf_home):
+    """Only the command line fetches hf: names; in Python the error names the function that does."""
+    from gpt2kit import GPTConfig
+    from gpt2kit.lit import GPTLitModule
+
+    module = GPTLitModule(GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=64, vocab_size=50257, bias=True),
+                          init_from="hf:gpt2")  # fmt: skip
+    with pytest.raises(
+        GPT2KitError, match=r"in Python, give gpt2kit.interop.hub.resolve_checkpoint\('hf:gpt2'\)"
+    ):
+        module.load_init_from()
+    local = hub.resolve_checkpoint("hf:gpt2")  # what the message says to do works
+    module = GPTLitModule(GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=64, vocab_size=50257, bias=True),
+                          init_from=local)  # fmt: skip
+    module.load_init_from()
+    assert module.tokenizer is not None and module.tokenizer.vocab_size == 50257
