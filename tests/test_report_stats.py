@@ -11,6 +11,7 @@ import pytest
 from gpt2kit.ablate.report import Result, first_step_reaching, t_two_sided_p, welch_p, write_report
 from gpt2kit.ablate.runner import DONE
 from gpt2kit.ablate.study import Run, Study, Variant
+from gpt2kit.errors import GPT2KitError
 
 
 def test_t_distribution_against_closed_forms():
@@ -95,3 +96,35 @@ def test_report_has_the_p_value_and_reaches_baseline_columns(tmp_path):
     assert rows["fast"][reach_col] == "250"  # 1.85 <= the baseline's final mean 1.90 already at step 250
     assert rows["base"][reach_col] == "500"
     assert rows["same"][reach_col] == "never"  # its mean, 1.91 at best, stays above 1.90
+    assert "vs same" not in header  # no reference variant: no extra columns
+
+    # With a reference variant (the full recipe of a remove-one-at-a-time study): Δ and p against it too.
+    study.reference = "same"
+    write_report(study, results, tmp_path / "report.md", None)
+    lines = (tmp_path / "report.md").read_text().splitlines()
+    columns = [c.strip() for c in next(x for x in lines if "| variant" in x).strip("|").split("|")]
+    rows = {
+        cells[1].strip("* ").replace(" (baseline)", "").replace("*", ""): cells
+        for line in lines
+        if line.startswith("| ") and not line.startswith("|  | variant")
+        for cells in [[c.strip() for c in line.strip("|").split("|")]]
+    }
+    d_col, p_col = columns.index("Δ vs same"), columns.index("p vs same")
+    mean = {v: sum(fs) / 3 for v, fs in finals.items()}
+    assert rows["fast"][d_col] == f"{mean['fast'] - mean['same']:+.3f}"
+    assert rows["fast"][p_col] == f"**{welch_p(finals['fast'], finals['same']):.2g}**"
+    assert rows["base"][p_col] == f"{welch_p(finals['base'], finals['same']):.2g}"
+    assert (rows["same"][d_col], rows["same"][p_col]) == ("0", "–")
+
+
+def test_reference_must_be_another_variant(tmp_path):
+    from gpt2kit.ablate.study import load_study
+
+    base = tmp_path / "base.yaml"
+    base.write_text("model: {}\n")
+    for reference, message in [("ful", "reference 'ful' is not a variant: did you mean 'full'?"),
+                               ("base", "reference 'base' is the baseline")]:  # fmt: skip
+        study = tmp_path / "s.yaml"
+        study.write_text(f"base: base.yaml\nvariants: {{base: {{}}, full: {{}}}}\nreference: {reference}\n")
+        with pytest.raises(GPT2KitError, match=message):
+            load_study(study)

@@ -311,6 +311,19 @@ def summarize(study: Study, results: Sequence[Result]) -> tuple[list[Row], str]:
     return sorted(rows, key=key), metric
 
 
+def _versus(row: Row, other: Row, metric: str) -> tuple[str, str]:
+    """Δ of the mean final ``metric`` from ``other``'s, and Welch's p against it, as table cells."""
+    if row is other:
+        return "0", "–"
+    mine, theirs = row.stats("final", metric), other.stats("final", metric)
+    delta = "–" if mine is None or theirs is None else f"{mine[0] - theirs[0]:+.3f}"
+    p = welch_p(
+        [v for r in row.done() if (v := r.final(metric)) is not None],
+        [v for r in other.done() if (v := r.final(metric)) is not None],
+    )
+    return delta, "–" if p is None else (f"**{p:.2g}**" if p < SIGNIFICANT else f"{p:.2g}")
+
+
 def write_report(study: Study, results: Sequence[Result], path: Path, plot: str | None) -> None:
     rows, metric = summarize(study, results)
     runs = [r.run for r in results]
@@ -335,27 +348,21 @@ def write_report(study: Study, results: Sequence[Result], path: Path, plot: str 
         f"variant's mean over seeds is at least as good as the baseline's final {names[metric]}.",
         "",
     ]
+    ref = next((row for row in rows if row.variant == study.reference), None)
+    if ref is not None:  # the paragraph above says it
+        lines[-2] += f" Δ and p vs {ref.variant}: the same against the reference variant, {ref.variant}."
     header = ["", "variant", "params", f"{names[metric]}", "Δ vs baseline", "p (Welch)", "reaches baseline",
+              *([f"Δ vs {ref.variant}", f"p vs {ref.variant}"] if ref else []),
               f"best {names[metric]}", names[other], "tokens/s", "wall time", "runs"]  # fmt: skip
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for i, row in enumerate(rows, 1):
         done = row.done()
         final = row.stats("final", metric)
-        delta = "–"
-        if final is not None and base_stats is not None:
-            delta = "0" if row is base else f"{final[0] - base_stats[0]:+.3f}"
         params = {r.params for r in done if r.params is not None}
         speed = _stats([r.tokens_per_sec for r in done])
         wall = _stats([r.wall_time_s for r in done])
-        p = (
-            None
-            if row is base
-            else welch_p(
-                [v for r in done if (v := r.final(metric)) is not None],
-                [v for r in base.done() if (v := r.final(metric)) is not None],
-            )
-        )
-        p_text = "–" if p is None else (f"**{p:.2g}**" if p < SIGNIFICANT else f"{p:.2g}")
+        delta, p_text = _versus(row, base, metric)
+        versus = list(_versus(row, ref, metric)) if ref is not None else []
         reach = first_step_reaching(done, metric, base_stats[0] if base_stats else None)
         name = f"**{row.variant}** (baseline)" if row is base else row.variant
         failed = len(row.results) - len(done)
@@ -363,7 +370,7 @@ def write_report(study: Study, results: Sequence[Result], path: Path, plot: str 
         lines.append(
             "| " + " | ".join([
                 str(i) if final is not None else "–", name, _count(max(params)) if params else "–",
-                _pm(final, n=len(done)), delta, p_text, "never" if reach is None else str(reach),
+                _pm(final, n=len(done)), delta, p_text, "never" if reach is None else str(reach), *versus,
                 _pm(row.stats("best", metric), n=len(done)),
                 _pm(row.stats("final", other), n=len(done)), _count(speed[0]) if speed else "–",
                 _duration(wall[0]) if wall else "–", count,

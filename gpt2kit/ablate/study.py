@@ -36,7 +36,10 @@ import yaml
 from gpt2kit.errors import GPT2KitError, user_error
 from gpt2kit.spec import describe
 
-KEYS = ("name", "base", "out_dir", "seeds", "overrides", "variants", "grid", "baseline", "plugins", "metric")
+KEYS = (
+    "name", "base", "out_dir", "seeds", "overrides", "variants", "grid", "baseline", "reference", "plugins",
+    "metric",
+)  # fmt: skip
 SEED_KEYS = ("seed_everything", "data.init_args.seed")
 """Where a run's seed goes: the global seed (initialisation, dropout) and the data's (window order)."""
 CHECKPOINTS = "checkpoints"
@@ -96,6 +99,9 @@ class Study:
     metric: str | None = None
     """``val_loss``, ``val_bpb`` or a logged ``eval/<task>/<metric>`` to rank by; None: bits per byte when
     the tokenizer varies, else loss."""
+    reference: str | None = None
+    """A second variant every other is compared with (Δ and p): in a study that removes one ingredient
+    at a time from a full recipe, the full recipe."""
 
 
 def _one_of(value: Any, kind: type | tuple[type, ...], what: str, example: str) -> Any:
@@ -143,13 +149,14 @@ def load_study(path: str | Path, out_dir: str | Path | None = None) -> Study:
         raise GPT2KitError(f"{path}: seeds {seeds} repeat a seed: each run needs its own")
     variants = _variants(raw, path)
     names = [v.name for v in variants]
-    baseline = str(raw.get("baseline") or names[0])
-    if baseline not in names:
-        close = difflib.get_close_matches(baseline, names, n=1)
-        hint = f"did you mean '{close[0]}'? " if close else ""
-        raise GPT2KitError(
-            f"{path}: baseline '{baseline}' is not a variant: {hint}variants: {', '.join(names)}"
-        )
+    baseline = _variant_name(raw.get("baseline") or names[0], names, "baseline", path)
+    reference = raw.get("reference")
+    if reference is not None:
+        reference = _variant_name(reference, names, "reference", path)
+        if reference == baseline:
+            raise GPT2KitError(
+                f"{path}: reference '{reference}' is the baseline: name another variant, or leave it out"
+            )
     plugins = raw.get("plugins") or []
     plugins = [plugins] if isinstance(plugins, str) else plugins
     _one_of(plugins, list, "plugins", "a list of module names")
@@ -171,7 +178,18 @@ def load_study(path: str | Path, out_dir: str | Path | None = None) -> Study:
         baseline=baseline,
         plugins=[str(p) for p in plugins],
         metric=metric,
+        reference=reference,
     )
+
+
+def _variant_name(name: Any, names: list[str], key: str, path: Path) -> str:
+    """``name`` if it is one of the study's variants, else a one-line error with the closest one."""
+    name = str(name)
+    if name not in names:
+        close = difflib.get_close_matches(name, names, n=1)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        raise GPT2KitError(f"{path}: {key} '{name}' is not a variant: {hint}variants: {', '.join(names)}")
+    return name
 
 
 def _variants(raw: dict[str, Any], path: Path) -> list[Variant]:
