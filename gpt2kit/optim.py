@@ -298,6 +298,23 @@ class Schedule:
     min_lr_ratio: float = 0.0
     decay_steps: int | None = None
 
+    def __init__(
+        self, warmup_steps: int = 0, min_lr_ratio: float | None = None, decay_steps: int | None = None
+    ) -> None:
+        """Check and store the options every schedule shares (``min_lr_ratio`` None: the class's own)."""
+        name = type(self).__name__
+        if warmup_steps < 0:
+            raise GPT2KitError(f"{name} warmup_steps={warmup_steps} must be >= 0")
+        if min_lr_ratio is not None and not 0.0 <= min_lr_ratio <= 1.0:
+            raise GPT2KitError(
+                f"{name} min_lr_ratio={min_lr_ratio} must be in [0, 1] (a multiple of the peak LR)"
+            )
+        if decay_steps is not None and decay_steps < 1:
+            raise GPT2KitError(f"{name} decay_steps={decay_steps} must be >= 1, or unset to follow max_steps")
+        self.warmup_steps, self.decay_steps = warmup_steps, decay_steps
+        if min_lr_ratio is not None:
+            self.min_lr_ratio = min_lr_ratio
+
     def factor(self, step: int, total: int) -> float:
         """LR multiple at optimizer step ``step`` (0-based) of a run whose schedule spans ``total`` steps."""
         if step < self.warmup_steps:
@@ -348,17 +365,6 @@ class Schedule:
 SCHEDULE = add_kind("schedule", Schedule)
 
 
-def _check_common(name: str, warmup_steps: int, min_lr_ratio: float, decay_steps: int | None) -> None:
-    if warmup_steps < 0:
-        raise GPT2KitError(f"{name} warmup_steps={warmup_steps} must be >= 0")
-    if not 0.0 <= min_lr_ratio <= 1.0:
-        raise GPT2KitError(
-            f"{name} min_lr_ratio={min_lr_ratio} must be in [0, 1] (a multiple of the peak LR)"
-        )
-    if decay_steps is not None and decay_steps < 1:
-        raise GPT2KitError(f"{name} decay_steps={decay_steps} must be >= 1, or unset to follow max_steps")
-
-
 def _warmup(step: int, warmup: int) -> float:
     return (step + 1) / (warmup + 1)  # never 0: the first step already moves the weights
 
@@ -376,8 +382,7 @@ class WarmupCosine(Schedule):
             min_lr_ratio: the LR at the end of the decay (and after it), as a multiple of the peak LR.
             decay_steps: the step at which the cosine reaches its minimum; None: the trainer's max_steps.
         """
-        _check_common("WarmupCosine", warmup_steps, min_lr_ratio, decay_steps)
-        self.warmup_steps, self.min_lr_ratio, self.decay_steps = warmup_steps, min_lr_ratio, decay_steps
+        super().__init__(warmup_steps, min_lr_ratio, decay_steps)
 
     def decay(self, step: int, total: int) -> float:
         progress = (step - self.warmup_steps) / max(1, total - self.warmup_steps)
@@ -402,14 +407,13 @@ class WarmupStableDecay(Schedule):
             min_lr_ratio: the LR at the end of the cooldown, as a multiple of the peak LR.
             decay_steps: the step at which the cooldown ends; None: the trainer's max_steps.
         """
-        _check_common("WarmupStableDecay", warmup_steps, min_lr_ratio, decay_steps)
+        super().__init__(warmup_steps, min_lr_ratio, decay_steps)
         if not 0.0 <= cooldown_fraction <= 1.0:
             raise GPT2KitError(
                 f"WarmupStableDecay cooldown_fraction={cooldown_fraction} must be in [0, 1] "
                 "(the share of the run spent cooling down, e.g. 0.2)"
             )
-        self.warmup_steps, self.cooldown_fraction = warmup_steps, cooldown_fraction
-        self.min_lr_ratio, self.decay_steps = min_lr_ratio, decay_steps
+        self.cooldown_fraction = cooldown_fraction
 
     def decay(self, step: int, total: int) -> float:
         cooldown = self.cooldown_fraction * total
@@ -432,8 +436,7 @@ class Linear(Schedule):
             min_lr_ratio: the LR at the end of the decay, as a multiple of the peak LR.
             decay_steps: the step at which the line reaches its minimum; None: the trainer's max_steps.
         """
-        _check_common("Linear", warmup_steps, min_lr_ratio, decay_steps)
-        self.warmup_steps, self.min_lr_ratio, self.decay_steps = warmup_steps, min_lr_ratio, decay_steps
+        super().__init__(warmup_steps, min_lr_ratio, decay_steps)
 
     def decay(self, step: int, total: int) -> float:
         progress = (step - self.warmup_steps) / max(1, total - self.warmup_steps)
@@ -449,8 +452,7 @@ class Constant(Schedule):
         Args:
             warmup_steps: optimizer steps of linear warmup from 0.
         """
-        _check_common("Constant", warmup_steps, 0.0, None)
-        self.warmup_steps = warmup_steps
+        super().__init__(warmup_steps)
 
     min_lr_ratio = 1.0  # the peak LR after the warmup, and after the end
 
