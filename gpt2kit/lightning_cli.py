@@ -60,14 +60,17 @@ class GPT2KitCLI(LightningCLI):
             if key.split(".")[-1] in ("init_from", "path") and is_hub_name(value):
                 config[key] = resolve_checkpoint(value)
 
-    def _parse_ckpt_path(self) -> None:
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        """Parse, then check a ``--ckpt_path`` file (before LightningCLI reads its hyperparameters)."""
+        super().parse_arguments(parser, args)
         subcommand = self.config.get("subcommand")
         path = self.config[subcommand].get("ckpt_path") if subcommand else None
         if path and str(path) not in _SPECIAL_CKPT_PATHS and ":" not in str(path):
             read_checkpoint(path, mmap=True)  # missing, unreadable or unsafe: one line, nothing written yet
-        super()._parse_ckpt_path()
 
-    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Any]) -> Any:
+    def instantiate_trainer(self, **kwargs: Any) -> Any:
+        """The recipe's Trainer, its hardware flags checked, with atomic checkpoints and a step progress bar
+        unless the recipe brings its own (given to LightningCLI as custom trainer arguments)."""
         from lightning.pytorch.callbacks import ProgressBar
         from lightning.pytorch.plugins.io import CheckpointIO
 
@@ -75,20 +78,23 @@ class GPT2KitCLI(LightningCLI):
         from gpt2kit.hardware import check_trainer_flags
         from gpt2kit.resume import AtomicCheckpointIO
 
+        init = self.config_init[self.subcommand] if self.subcommand else self.config_init
+        config = {**(init.get("trainer") or {}), **kwargs}
         check_trainer_flags(
             *(config.get(k, "auto") for k in ("accelerator", "devices", "strategy")), config.get("precision")
         )
         plugins = config.get("plugins") or []
         plugins = list(plugins) if isinstance(plugins, list | tuple) else [plugins]
         if not any(isinstance(p, CheckpointIO) for p in plugins):
-            config["plugins"] = [*plugins, AtomicCheckpointIO()]
-        own = [*(config.get("callbacks") or []), *callbacks]
+            kwargs["plugins"] = [*plugins, AtomicCheckpointIO()]
+        callbacks = config.get("callbacks") or []
+        callbacks = list(callbacks) if isinstance(callbacks, list | tuple) else [callbacks]
         if config.get("enable_progress_bar") is not False and not any(
-            isinstance(c, ProgressBar) for c in own
+            isinstance(c, ProgressBar) for c in callbacks
         ):
-            callbacks = [*callbacks, step_progress_bar()]
+            kwargs["callbacks"] = [*callbacks, step_progress_bar()]
         try:
-            return super()._instantiate_trainer(config, callbacks)
+            return super().instantiate_trainer(**kwargs)
         except GPT2KitError:
             raise
         except (MisconfigurationException, ValueError) as exc:  # Lightning's own checks, on one line
@@ -123,13 +129,7 @@ class _ParserOnly(GPT2KitCLI):
     """Builds the parser with every subcommand, then stops: nothing is parsed or instantiated."""
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
-        self.config = {"subcommand": None}
-
-    def _parse_ckpt_path(self) -> None:
-        pass
-
-    def _set_seed(self) -> None:
-        pass
+        self.config = {"subcommand": None, "seed_everything": False}  # no subcommand, no seeding
 
     def instantiate_classes(self) -> None:
         pass

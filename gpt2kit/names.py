@@ -19,10 +19,24 @@ not from its name: ``data.init_args.tokenizer`` is a tokenizer because its type 
 An unknown name is a one-line error with the close matches. A name of a class that is not registered
 (any public subclass jsonargparse can find) is left to jsonargparse, as before.
 
-How: :class:`RegistryNames` is a parser mixin; jsonargparse builds the argument groups and the parsers
-of nested classes (a DataModule's ``init_args``) from the parser's own class, so the mixin reaches
-every level. It marks the component-typed actions, whose value check then starts with
-:func:`canonical`. ``--model.attention.help sliding_window`` resolves names the same way.
+How, in two steps:
+
+1. **The shorthand, in the YAML loader** (jsonargparse's public :func:`jsonargparse.set_loader`). gpt2kit's
+   parsers read YAML in their own mode, :data:`PARSER_MODE`: jsonargparse's YAML loader followed by
+   :func:`expand_shorthand`, which rewrites ``{name: sliding_window, window: 128}`` to the canonical
+   ``{class_path: gpt2kit.nn.SlidingWindowAttention, init_args: {window: 128}}`` in recipes, in
+   ``--config`` overlays and in YAML values given on the command line.
+2. **Names by the argument's type**: a bare name (``--model.attention sliding_window``), a name in
+   ``class_path``, a shorthand the loader could not place, and ``--model.attention.help NAME`` are
+   resolved by the argument's type, which only jsonargparse's value check knows. jsonargparse has no
+   public hook there, so :class:`RegistryNames` (a parser mixin; jsonargparse builds argument groups and
+   nested classes' parsers from the parser's own class, so it reaches every level) swaps the
+   component-typed actions for subclasses whose check starts with :func:`canonical`.
+
+Step 2 is the one place gpt2kit relies on jsonargparse's internals, all of them in this module:
+``jsonargparse._typehints.ActionTypeHint`` and its ``_check_type(value, append, cfg, mode)`` and
+``_typehint``, and ``_ActionHelpClassPath.print_help``. Tested with jsonargparse 4.53.0 (pyproject.toml
+asks for >= 4.53); tests/test_names_and_specs.py fails if an upgrade changes them.
 """
 
 from __future__ import annotations
@@ -34,8 +48,11 @@ import types
 import typing
 from typing import Any
 
-from jsonargparse import Namespace
-from jsonargparse._typehints import ActionTypeHint, _ActionHelpClassPath  # the two actions a value passes
+import yaml
+from jsonargparse import Namespace, get_loader, set_loader
+
+# jsonargparse internals (tested with 4.53.0; see the module's docstring): the two actions a value passes
+from jsonargparse._typehints import ActionTypeHint, _ActionHelpClassPath
 
 from gpt2kit.errors import GPT2KitError
 from gpt2kit.registry import Entry, Registry, registries_for
@@ -131,8 +148,6 @@ def canonical(value: Any, typehint: Any, where: str = "") -> Any:
     if isinstance(value, str):
         text = value.strip()
         if text.startswith("{") and text.endswith("}"):
-            import yaml
-
             try:
                 loaded = yaml.safe_load(text)
             except yaml.YAMLError:
@@ -163,20 +178,65 @@ def canonical(value: Any, typehint: Any, where: str = "") -> Any:
     return value
 
 
-# -- the jsonargparse side --------------------------------------------------------------------------------
+# -- step 1: the shorthand, in the YAML loader (public jsonargparse API) -----------------------------------
+PARSER_MODE = "gpt2kit"
+"""The ``parser_mode`` of gpt2kit's parsers: YAML, with the shorthand rewritten (:func:`expand_shorthand`)."""
+
+_NOT_SPECS = ("init_args", "dict_kwargs")  # mappings under these keys are a class's arguments, not a spec
+
+
+def _all_registries() -> list[tuple[Registry, type]]:
+    return [(reg, reg.base) for reg in registries_for(object)]
+
+
+def expand_shorthand(value: Any, key: str | None = None) -> Any:
+    """``value`` (loaded YAML) with every ``{name: NAME, **arguments}`` of a component rewritten to
+    ``{class_path: FULL.PATH, init_args: arguments}``.
+
+    The loader does not know the type a value will meet, so it places a name by the key above it: a
+    kind's name (``tokenizer:``, ``attention:``) looks in that kind, any other key (``finetune:``, or none
+    for a value given on the command line) in every kind, where the name must be unique. A name it cannot
+    place is left as it is, for the type-aware step (:func:`canonical`) — under a kind's key as
+    ``class_path: NAME``, so that an unknown name gets its close matches there.
+    """
+    if isinstance(value, list):
+        return [expand_shorthand(v, key) for v in value]
+    if not isinstance(value, dict):
+        return value
+    value = {k: expand_shorthand(v, k) for k, v in value.items()}
+    name = value.get("name")
+    if key in _NOT_SPECS or not isinstance(name, str) or "class_path" in value:
+        return value
+    kind = [(reg, reg.base) for reg, _ in _all_registries() if reg.kind == key]
+    entry = _lookup(name, kind or _all_registries()) if _IDENTIFIER.fullmatch(name) else None
+    if entry is None and not kind:
+        return value  # not (knowably) a component: a mapping that has a `name`
+    rest = {k: v for k, v in value.items() if k != "name"}
+    meta = {k: rest.pop(k) for k in _SPEC_META if k in rest}
+    init_args = {**(rest.pop("init_args", None) or {}), **rest}
+    spec = {"class_path": entry.class_path if entry is not None else name, **meta}
+    return {**spec, "init_args": init_args} if init_args else spec
+
+
+def _load(text: str) -> Any:
+    return expand_shorthand(_yaml_load(text))
+
+
+_yaml_load = get_loader("yaml")
+set_loader(PARSER_MODE, _load, exceptions=(yaml.YAMLError,))
+
+
+# -- step 2: names by the argument's type (jsonargparse internals: see the module's docstring) ------------
 class _ComponentTypeHint(ActionTypeHint):
     """An ActionTypeHint whose values are rewritten by :func:`canonical` before they are checked."""
 
-    def _check_type(self, value: Any, *args: Any, **kwargs: Any) -> Any:
+    # jsonargparse passes only the keyword arguments _check_type declares: the same ones as 4.53's
+    def _check_type(self, value: Any, append: bool = False, cfg: Any = None, mode: Any = None) -> Any:
         try:
             value = canonical(value, self._typehint, self.dest)
         except GPT2KitError as exc:  # jsonargparse reports TypeErrors; the CLI prints the cause alone
             raise TypeError(f'Parser key "{self.dest}": {exc}') from exc
-        return super()._check_type(value, *args, **kwargs)
-
-
-# jsonargparse passes only the keyword arguments _check_type declares: declare the same ones.
-_ComponentTypeHint._check_type.__signature__ = inspect.signature(ActionTypeHint._check_type)  # type: ignore[attr-defined]
+        return super()._check_type(value, append=append, cfg=cfg, mode=mode)
 
 
 class _ComponentHelp(_ActionHelpClassPath):
@@ -193,26 +253,28 @@ class _ComponentHelp(_ActionHelpClassPath):
         return super().print_help((parser, cfg, value, option_string))
 
 
-def accept_registry_names(container: Any, action: Any) -> Any:
-    """Mark ``action`` (just added to a parser or group) to take registered names, if it is component-typed."""
-    if type(action) is ActionTypeHint and component_registries(action._typehint)[0]:
-        action.__class__ = _ComponentTypeHint
-        parser = getattr(container, "parser", container)
-        for option in action.option_strings:
-            help_action = parser._option_string_actions.get(f"{option}.help")
-            if type(help_action) is _ActionHelpClassPath:
-                help_action.__class__ = _ComponentHelp
+def accept_registry_names(action: Any) -> Any:
+    """Mark ``action`` (just added to a parser or group) to take registered names, if it is component-typed:
+    a value (ActionTypeHint) or its ``--KEY.help`` (which jsonargparse adds through the same add_argument)."""
+    swap = {ActionTypeHint: _ComponentTypeHint, _ActionHelpClassPath: _ComponentHelp}.get(type(action))
+    if swap is not None and component_registries(getattr(action, "_typehint", None))[0]:
+        action.__class__ = swap
     return action
 
 
 class RegistryNames:
-    """Parser mixin: component-typed arguments take registered names (see the module's docstring).
+    """Parser mixin: component-typed arguments take registered names, and YAML is read in
+    :data:`PARSER_MODE` (the shorthand rewritten) unless a ``parser_mode`` is given (see the module's
+    docstring).
 
     ``class GPT2KitArgumentParser(RegistryNames, LightningArgumentParser)``. jsonargparse derives the
     argument groups' class from this ``add_argument`` (it recompiles its source), so keep it a plain
     two-line method.
     """
 
+    def __init__(self, *args: Any, parser_mode: str = PARSER_MODE, **kwargs: Any) -> None:
+        super().__init__(*args, parser_mode=parser_mode, **kwargs)
+
     def add_argument(self, *args, **kwargs):
         action = super().add_argument(*args, **kwargs)
-        return accept_registry_names(self, action)
+        return accept_registry_names(action)

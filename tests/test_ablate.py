@@ -121,6 +121,39 @@ def check_report_against_logs(out, baseline, seeds):
         assert table[v][2] == ("0" if v == baseline else f"{mean[v] - mean[baseline]:+.3f}")
 
 
+def check_target_against_logs(out, target, seeds):
+    """The "reaches TARGET" cells as computed here from each run's own logs: per seed, the first validation
+    at or below the target and the seconds logged there (``elapsed_s``, after the earlier sessions' fit time)."""
+    lines = [x for x in (out / "report.md").read_text().splitlines() if x.startswith("| ")]
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    column = header.index(f"reaches {target:g}")
+    cells = {}
+    for line in lines[2:]:
+        row = [c.strip() for c in line.strip("|").split("|")]
+        cells[row[1].replace(" (baseline)", "").replace("*", "")] = row[column]
+    for variant in cells:
+        reached = []
+        for seed in seeds:
+            offset, found = 0.0, None
+            for version in sorted((out / variant / f"seed{seed}" / "logs").glob("version_*")):
+                rows = read_csv(version / "metrics.csv")
+                for r in rows:
+                    if found is None and r.get("val_loss") and float(r["val_loss"]) <= target:
+                        found = (int(r["step"]), offset + float(r["elapsed_s"]))
+                offset += sum(float(r["fit_time_s"]) for r in rows if r.get("fit_time_s"))
+            if found is not None:
+                reached.append(found)
+        if not reached:
+            assert cells[variant] == "never"
+            continue
+        step = statistics.fmean(s for s, _ in reached)
+        seconds = statistics.fmean(t for _, t in reached)
+        expected = f"{step:.0f} ({seconds:.0f} s)"
+        if len(reached) < len(seeds):
+            expected += f", {len(reached)} of {len(seeds)} seeds"
+        assert cells[variant] == expected
+
+
 def write_study(tmp_path, name="study", **spec):
     path = tmp_path / f"{name}.yaml"
     spec = {"base": str(SHAKESPEARE), "out_dir": str(tmp_path / "out" / name), **spec}
@@ -191,6 +224,23 @@ def test_grid_runs_reports_and_resumes(tmp_path, monkeypatch, caplog):
     assert f"**{learned}** (baseline)" in report and " ± " in report and "Runs not done" not in report
     assert (out / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     check_report_against_logs(out, baseline=learned, seeds=(1, 2))
+
+    # A target between the runs' final losses: the step and training time each variant reached it at,
+    # from the logs (the resumed run's time counts its first session), and the one-sided p against it.
+    finals = sorted(float(r["final_val_loss"]) for r in rows)
+    study = load_study(path)
+    study.target = (finals[1] + finals[2]) / 2  # two runs reach it; with 2 seeds per variant, some partly
+    ablate(study, report_only=True)
+    assert "modded-nanogpt's rule for a record" in (out / "report.md").read_text()
+    check_target_against_logs(out, study.target, seeds=(1, 2))
+    study.target = finals[-1]  # every run reaches it, the resumed one too
+    ablate(study, report_only=True)
+    check_target_against_logs(out, study.target, seeds=(1, 2))
+    # RunRecord logs the training time in the validation's row, on this session's clock
+    resumed = read_csv(interrupted / "logs" / "version_1" / "metrics.csv")
+    (val,) = [r for r in resumed if r.get("val_loss")]
+    (end,) = [float(r["fit_time_s"]) for r in resumed if r.get("fit_time_s")]
+    assert val["step"] == "2" and 0 < float(val["elapsed_s"]) <= end
 
     # The same study with another budget does not mix with these runs.
     changed = write_study(tmp_path, seeds=[1, 2], grid={"model.position": ["LearnedPosition"]},

@@ -149,6 +149,44 @@ def test_help_takes_a_name(capsys):
     assert "SlidingWindowAttention" in out and "--model.attention.window" in out
 
 
+def test_the_shorthand_is_rewritten_by_the_yaml_loader_alone():
+    """jsonargparse's public set_loader: a plain jsonargparse parser in gpt2kit's mode (no RegistryNames
+    hook) reads the shorthand in a config and on the command line; what is not a component is untouched."""
+    from jsonargparse import ArgumentParser
+
+    from gpt2kit.names import PARSER_MODE, expand_shorthand
+
+    def job(attention: Attention, greeter: Greeter | None = None, logger: dict | None = None):
+        """A function with component-typed arguments and a plain mapping."""
+
+    parser = ArgumentParser(exit_on_error=False, parser_mode=PARSER_MODE)
+    parser.add_function_arguments(job)
+    cfg = parser.parse_string(
+        "attention: {name: sliding_window, window: 7}\n"
+        "greeter: {name: shout, loud: true}\n"  # a plugin's kind, under a key that is not its kind's name
+        "logger: {class_path: CSVLogger, init_args: {name: char}}\n"  # a class's `name` argument
+    )
+    assert cfg.attention.class_path == "gpt2kit.nn.attention.SlidingWindowAttention"
+    assert cfg.attention.init_args.window == 7
+    assert cfg.greeter.class_path == f"{__name__}.Shout" and cfg.greeter.init_args.loud is True
+    assert cfg.logger == {"class_path": "CSVLogger", "init_args": {"name": "char"}}
+    cfg = parser.parse_args(["--attention", "{name: math}"])
+    assert cfg.attention.class_path.endswith("MathAttention")
+
+    assert expand_shorthand({"tokenizer": {"name": "chr"}}) == {
+        "tokenizer": {"class_path": "chr"}
+    }  # for canonical's error
+    assert expand_shorthand({"run": {"name": "baseline", "seed": 1}}) == {
+        "run": {"name": "baseline", "seed": 1}
+    }
+    assert expand_shorthand(
+        {"position": "none", "norm": {"name": "rmsnorm", "init_args": {"eps": 1e-6}}}
+    ) == {
+        "position": "none",  # bare names are the type-aware step's
+        "norm": {"class_path": "gpt2kit.nn.norm.RMSNorm", "init_args": {"eps": 1e-6}},
+    }
+
+
 def test_names_for_every_component_typed_argument():
     """Chat templates, tokenizers and a plugin's new kind, by the argument's type (not its name)."""
 

@@ -42,22 +42,24 @@ def test_bf16_mixed_on_cpu_trains_and_logs_tokens_per_sec_and_mfu(data):
     assert ("cpu", torch.bfloat16) in perf._PEAKS  # the peak was measured in the training dtype
 
 
-def test_throughput_is_logged_where_the_logger_writes_averaged_over_the_interval(data, tmp_path):
-    """self.log costs ~2 ms: train_loss and tokens/s are logged once per log_every_n_steps, the speed from
-    every step since the last."""
+@pytest.mark.parametrize("accumulate", [1, 2])
+def test_throughput_is_logged_where_the_logger_writes_averaged_over_the_interval(data, tmp_path, accumulate):
+    """self.log costs ~2 ms: train_loss and tokens/s are logged once per log_every_n_steps (optimizer
+    steps, as Lightning's logger counts them: every micro-batch of such a step), the speed from every step
+    since the last."""
     import csv
 
     from lightning.pytorch.loggers import CSVLogger
 
     trainer = L.Trainer(
         max_steps=7, logger=CSVLogger(tmp_path), enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, limit_val_batches=0, log_every_n_steps=3,
+        enable_model_summary=False, limit_val_batches=0, log_every_n_steps=3, accumulate_grad_batches=accumulate,
     )  # fmt: skip
     module = GPTLitModule(preset("nano", vocab_size=65))
     calls, log = [], module.log
     module.log = lambda name, *a, **kw: (calls.append(name), log(name, *a, **kw))
     trainer.fit(module, data)
-    assert calls.count("tokens_per_sec") == 2 and calls.count("train_loss") == 2
+    assert calls.count("tokens_per_sec") == calls.count("train_loss") == 2 * accumulate
     with open(next(tmp_path.rglob("metrics.csv"))) as f:
         rows = list(csv.DictReader(f))
     speed = {int(r["step"]) for r in rows if r.get("tokens_per_sec")}

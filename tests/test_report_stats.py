@@ -1,29 +1,25 @@
-"""The ablation report's statistics: Welch's t-test p-value and the step a variant reaches the baseline."""
+"""The ablation report's statistics: Welch's t-test p-value, the one-sided test against a target, the step
+a variant reaches the baseline or the target; the committed speedrun report reproduced."""
 
 from __future__ import annotations
 
+import csv
 import math
-import sys
 from pathlib import Path
 
 import pytest
 
-from gpt2kit.ablate.report import Result, first_step_reaching, t_two_sided_p, welch_p, write_report
+from gpt2kit.ablate.report import (
+    Result,
+    elapsed_curve,
+    first_step_reaching,
+    target_p,
+    welch_p,
+    write_report,
+)
 from gpt2kit.ablate.runner import DONE
 from gpt2kit.ablate.study import Run, Study, Variant
 from gpt2kit.errors import GPT2KitError
-
-
-def test_t_distribution_against_closed_forms():
-    # df = 1 is the Cauchy distribution: P(|T| >= t) = 1 - 2 atan(t) / pi
-    for t in (0.3, 1.0, 4.0):
-        assert t_two_sided_p(t, 1) == pytest.approx(1 - 2 * math.atan(t) / math.pi, rel=1e-10)
-    # df = 2: P(|T| >= t) = 1 - t / sqrt(t^2 + 2)
-    for t in (0.5, 2.0, 9.0):
-        assert t_two_sided_p(t, 2) == pytest.approx(1 - t / math.sqrt(t * t + 2), rel=1e-10)
-    # a huge df is the normal distribution: 1.959964 is its two-sided 5% point
-    assert t_two_sided_p(1.959964, 1e7) == pytest.approx(0.05, rel=1e-5)
-    assert t_two_sided_p(0.0, 5) == pytest.approx(1.0)
 
 
 def _welch_by_hand(a, b):
@@ -36,12 +32,7 @@ def _welch_by_hand(a, b):
     return 2 * (1 - cdf) if t > 0 else 2 * cdf
 
 
-@pytest.mark.parametrize("without_scipy", [False, True], ids=["scipy", "by-hand"])
-def test_welch_p(monkeypatch, without_scipy):
-    if without_scipy:
-        monkeypatch.setitem(sys.modules, "scipy", None)  # `from scipy import stats` now raises ImportError
-    else:
-        pytest.importorskip("scipy")
+def test_welch_p():
     a, b = [1.0, 2.0, 3.0], [4.0, 5.0, 6.0]  # variance 1 each: Welch's df is exactly 4
     assert welch_p(a, b) == pytest.approx(_welch_by_hand(a, b), rel=1e-9)
     assert welch_p([1.60, 1.61, 1.59], [1.90, 1.91, 1.89]) < 0.01  # a clear gap over 3 seeds
@@ -50,11 +41,48 @@ def test_welch_p(monkeypatch, without_scipy):
     assert welch_p([1.0, 1.0], [1.0, 1.0]) is None  # no spread: undefined
 
 
-def test_welch_p_matches_scipy_on_unequal_variances():
-    stats = pytest.importorskip("scipy.stats")
-    a, b = [1.61, 1.58, 1.65, 1.60], [1.90, 1.70, 2.05]
-    expected = stats.ttest_ind(a, b, equal_var=False).pvalue
-    assert welch_p(a, b) == pytest.approx(expected, rel=1e-9)
+def test_target_p_is_the_one_sided_t_test():
+    # n = 3 with s = 1: t = (mean - target) * sqrt(3), df = 2, whose CDF is F(t) = 1/2 + t / (2 sqrt(t^2 + 2))
+    values = [1.0, 2.0, 3.0]
+    for target in (1.2, 2.5, 4.0):
+        t = (2.0 - target) * math.sqrt(3)
+        below = 0.5 + t / (2 * math.sqrt(t * t + 2))  # P(T <= t): the evidence that the mean is below target
+        assert target_p(values, target) == pytest.approx(below, rel=1e-9)
+        assert target_p(values, target, higher_better=True) == pytest.approx(1 - below, rel=1e-9)
+    assert target_p([1.590, 1.593, 1.596], 1.898) < 0.01  # far below the target over 3 seeds: a record
+    assert target_p([1.890, 1.905, 1.898], 1.898) > 0.4  # at the target: no claim
+    assert target_p([1.5], 1.898) is None  # one seed: no test
+    assert target_p([1.5, 1.5], 1.898) is None  # no spread: undefined
+
+
+def _write_metrics(path: Path, rows: list[dict[str, float]]) -> None:
+    path.mkdir(parents=True)
+    keys = sorted({k for r in rows for k in r})
+    with open(path / "metrics.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def test_elapsed_curve_continues_a_resumed_run(tmp_path):
+    run = Run("v", 1, tmp_path / "v" / "seed1")
+    logs = run.dir / "logs"
+    # session 0: validations at 99 and 199, stopped at step 250 after 30 s; the last checkpoint was at 200
+    _write_metrics(logs / "version_0", [
+        {"step": 99, "val_loss": 2.5, "elapsed_s": 10.0}, {"step": 199, "val_loss": 2.2, "elapsed_s": 21.0},
+        {"step": 250, "fit_time_s": 30.0},
+    ])  # fmt: skip
+    # session 1 resumed at 200: its own clock starts at 0, after the 30 s already spent
+    _write_metrics(logs / "version_1", [
+        {"step": 200, "train_loss": 2.2}, {"step": 299, "val_loss": 2.0, "elapsed_s": 12.0},
+        {"step": 299, "fit_time_s": 14.0},
+    ])  # fmt: skip
+    assert elapsed_curve(run) == {99: 10.0, 199: 21.0, 299: 42.0}
+    result = Result(run, DONE, val={"val_loss": {99: 2.5, 199: 2.2, 299: 2.0}}, elapsed=elapsed_curve(run))
+    assert result.reached("val_loss", 2.2) == (199, 21.0)  # at or below
+    assert result.reached("val_loss", 2.1) == (299, 42.0)
+    assert result.reached("val_loss", 1.9) is None
+    assert Result(run, DONE, val={"val_loss": {99: 2.0}}).reached("val_loss", 2.1) == (99, None)  # no time
 
 
 def _result(variant: str, seed: int, curve: dict[int, float]) -> Result:
@@ -128,3 +156,105 @@ def test_reference_must_be_another_variant(tmp_path):
         study.write_text(f"base: base.yaml\nvariants: {{base: {{}}, full: {{}}}}\nreference: {reference}\n")
         with pytest.raises(GPT2KitError, match=message):
             load_study(study)
+
+
+def _table(report: str) -> tuple[list[str], dict[str, list[str]]]:
+    """report.md's ranking table: its header, and the cells of each variant's row."""
+    lines = [x for x in report.splitlines() if x.startswith("| ")]
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    rows = {}
+    for line in lines[1:]:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        rows[cells[1].replace(" (baseline)", "").replace("*", "")] = cells
+    return header, rows
+
+
+def test_report_with_a_target(tmp_path):
+    study = Study(
+        name="s", path=tmp_path / "s.yaml", base=tmp_path / "base.yaml", out_dir=tmp_path, seeds=[1, 2, 3],
+        overrides={}, variants=[Variant("base", {}), Variant("fast", {}), Variant("slow", {})], baseline="base",
+        target=1.80,
+    )  # fmt: skip
+    curves = {  # variant: per seed {step: val_loss}; the training time is 0.5 s per step
+        "base": [{249: 2.2, 499: 1.90}, {249: 2.2, 499: 1.91}, {249: 2.2, 499: 1.89}],
+        "fast": [{249: 1.79, 499: 1.60}, {249: 1.81, 499: 1.62}, {249: 1.82, 499: 1.61}],
+        "slow": [{249: 2.0, 499: 1.79}, {249: 2.0, 499: 1.85}, {249: 2.0, 499: 1.83}],
+    }
+    results = [
+        Result(
+            Run(v, seed, tmp_path / v / f"seed{seed}"),
+            DONE,
+            val={"val_loss": c},
+            elapsed={249: 125.0, 499: 250.0},
+        )
+        for v, cs in curves.items()
+        for seed, c in zip([1, 2, 3], cs, strict=True)
+    ]
+    write_report(study, results, tmp_path / "report.md", None)
+    report = (tmp_path / "report.md").read_text()
+    header, rows = _table(report)
+    reach, p = header.index("reaches 1.8"), header.index("p (< 1.8)")
+    assert rows["fast"][reach] == "416 (3.5 min)"  # seeds at 249, 499, 499: a mean of 415.67 steps, 208.3 s
+    assert rows["slow"][reach] == "499 (4.2 min), 1 of 3 seeds"
+    assert rows["base"][reach] == "never"
+    finals = {v: [c[499] for c in cs] for v, cs in curves.items()}
+    p_fast, p_slow = target_p(finals["fast"], 1.80), target_p(finals["slow"], 1.80)
+    assert p_fast < 0.01 and rows["fast"][p] == f"**{p_fast:.2g}**"  # beats the target: bold
+    assert p_slow > 0.5 and rows["slow"][p] == f"{p_slow:.2g}"
+    assert "modded-nanogpt's rule for a record" in report
+
+    study.target = None  # no target: no such columns
+    write_report(study, results, tmp_path / "report.md", None)
+    assert not any(
+        c.startswith(("reaches 1", "p (<")) for c in _table((tmp_path / "report.md").read_text())[0]
+    )
+
+
+def test_the_committed_speedrun_report_is_reproduced(tmp_path):
+    """docs/ablations/speedrun/report.md's means, Δ and p-values from its results.csv, by today's code."""
+    from gpt2kit.ablate.study import load_study
+
+    root = Path(__file__).resolve().parents[1]
+    folder = root / "docs" / "ablations" / "speedrun"
+    study = load_study(root / "recipes" / "ablations" / "speedrun.yaml")
+    with open(folder / "results.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 33 and {r["status"] for r in rows} == {"done"}
+    results = [
+        Result(
+            Run(r["variant"], int(r["seed"]), Path(r["run_dir"])),
+            r["status"],
+            params=int(r["params"]),
+            val={
+                "val_loss": {1999: float(r["final_val_loss"])},
+                "val_bpb": {1999: float(r["final_val_bpb"])},
+            },
+        )  # fmt: skip
+        for r in rows
+    ]
+    write_report(study, results, tmp_path / "report.md", None)
+    header, made = _table((tmp_path / "report.md").read_text())
+    committed_header, committed = _table((folder / "report.md").read_text())
+    assert set(made) == set(committed) and len(committed) == 11
+    columns = ["variant", "val loss", "Δ vs baseline", "p (Welch)", "Δ vs modern", "p vs modern", "val bpb"]
+    for variant, cells in committed.items():
+        for column in columns:
+            assert made[variant][header.index(column)] == cells[committed_header.index(column)], (
+                variant,
+                column,
+            )
+    # the ranks too (the order of the rows)
+    assert [made[v][0] for v in committed] == [committed[v][0] for v in committed]
+
+
+def test_target_must_be_a_number(tmp_path):
+    from gpt2kit.ablate.study import load_study
+
+    (tmp_path / "base.yaml").write_text("model: {}\n")
+    study = tmp_path / "s.yaml"
+    for target in ("fast", "true", "[1.9]", ".nan"):
+        study.write_text(f"base: base.yaml\nvariants: {{base: {{}}}}\ntarget: {target}\n")
+        with pytest.raises(GPT2KitError, match=r"target must be a number, a value of the metric to reach"):
+            load_study(study)
+    study.write_text("base: base.yaml\nvariants: {base: {}}\ntarget: 1.898\n")
+    assert load_study(study).target == 1.898

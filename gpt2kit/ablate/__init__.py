@@ -41,12 +41,15 @@ class RunRecord(L.Callback):
     * ``fit_time_s``, the seconds from the start of fitting to its end (or to the error or Ctrl-C that
       stopped it), as a metric (``metrics.csv``): a resumed run's sessions add up, and the time to start
       Python or read the config is not counted, so runs in this process and in subprocesses compare.
+    * ``elapsed_s`` at each validation, the seconds from the start of fitting (this session's) to that
+      validation's start: the wall time at which a run reached a study's ``target``.
 
     The ablation runner adds it to every run's callbacks.
     """
 
     def __init__(self) -> None:
         self._start: float | None = None
+        self._reached = 0.0
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._start = time.perf_counter()
@@ -57,6 +60,14 @@ class RunRecord(L.Callback):
         }
         for logger in trainer.loggers:
             logger.log_hyperparams(params)
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._start is not None and not trainer.sanity_checking:
+            self._reached = time.perf_counter() - self._start
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._start is not None and not trainer.sanity_checking:  # in the row of the val metrics
+            pl_module.log("elapsed_s", self._reached, sync_dist=True, reduce_fx="max")
 
     def _log_time(self, trainer: L.Trainer) -> None:
         if self._start is None:

@@ -51,6 +51,8 @@ class Result:
     """``{"val_loss": {step: value}, "val_bpb": {...}}``."""
     tokens_per_sec: float | None = None
     wall_time_s: float | None = None
+    elapsed: dict[int, float] = field(default_factory=dict)
+    """``{step: seconds}``: the training time at each validation (:func:`elapsed_curve`)."""
 
     def final(self, metric: str) -> float | None:
         curve = self.val.get(metric) or {}
@@ -59,6 +61,14 @@ class Result:
     def best(self, metric: str) -> float | None:
         curve = self.val.get(metric) or {}
         return (max if higher_is_better(metric) else min)(curve.values()) if curve else None
+
+    def reached(self, metric: str, target: float) -> tuple[int, float | None] | None:
+        """The first logged step at which ``metric`` is as good as ``target`` (at or below it, at or above
+        it where higher is better) and the training time then (None if not logged); None if never."""
+        sign = -1.0 if higher_is_better(metric) else 1.0
+        curve = self.val.get(metric) or {}
+        step = next((s for s in sorted(curve) if sign * curve[s] <= sign * target), None)
+        return None if step is None else (step, self.elapsed.get(step))
 
     def row(self) -> dict[str, Any]:
         return {
@@ -88,6 +98,23 @@ def fit_time(run: Run) -> float | None:
         if "fit_time_s" in r
     ]
     return round(sum(times), 2) if times else None
+
+
+def elapsed_curve(run: Run) -> dict[int, float]:
+    """``{step: seconds}`` from the start of training to each validation, as :class:`~gpt2kit.ablate.RunRecord`
+    logged them (``elapsed_s``); a resumed session's times continue from its earlier sessions' ``fit_time_s``
+    added up (the time :func:`fit_time` reports), and replace their times from the step it resumed at."""
+    curve: dict[int, float] = {}
+    offset = 0.0
+    for version in log_versions(run):
+        rows = read_metrics_csv(version / "metrics.csv")
+        if not rows:
+            continue
+        first = min(r["step"] for r in rows)
+        curve = {s: t for s, t in curve.items() if s < first}
+        curve.update({int(r["step"]): offset + r["elapsed_s"] for r in rows if "elapsed_s" in r})
+        offset += sum(r["fit_time_s"] for r in rows if "fit_time_s" in r)
+    return curve
 
 
 def _params(run: Run) -> int | None:
@@ -131,6 +158,7 @@ def collect(runs: Sequence[Run]) -> list[Result]:
             if curve:
                 result.val[metric] = curve
         result.wall_time_s = fit_time(run) or result.wall_time_s  # else the runner's clock
+        result.elapsed = elapsed_curve(run)
         speeds = [r["tokens_per_sec"] for r in rows if "tokens_per_sec" in r]
         result.tokens_per_sec = statistics.median(speeds) if speeds else None
         trained = [r["step"] for r in rows if "train_loss" in r]
@@ -199,72 +227,46 @@ def _duration(seconds: float | None) -> str:
     return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
 
 
-# --- statistics: Welch's t-test, the step a variant reaches the baseline ------------------------------------
+# --- statistics: Welch's t-test, a one-sided test against a target, the step a variant reaches a value -------
 
 SIGNIFICANT = 0.01
 """A variant's p-value below this is marked (modded-nanogpt's bar for a record)."""
 
 
-def _betacf(a: float, b: float, x: float) -> float:
-    """The continued fraction of the regularised incomplete beta function (Lentz's method)."""
-    tiny, qab, qap, qam = 1e-300, a + b, a + 1.0, a - 1.0
-    c, d = 1.0, 1.0 - qab * x / qap
-    d = 1.0 / (d if abs(d) > tiny else tiny)
-    h = d
-    for m in range(1, 300):
-        m2 = 2 * m
-        for aa in (
-            m * (b - m) * x / ((qam + m2) * (a + m2)),
-            -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2)),
-        ):
-            d = 1.0 + aa * d
-            d = 1.0 / (d if abs(d) > tiny else tiny)
-            c = 1.0 + aa / c
-            c = c if abs(c) > tiny else tiny
-            h *= d * c
-            if aa == 0.0:
-                break
-        if abs(d * c - 1.0) < 1e-15:
-            break
-    return h
-
-
-def _betainc(a: float, b: float, x: float) -> float:
-    """The regularised incomplete beta function I_x(a, b)."""
-    if x <= 0.0:
-        return 0.0
-    if x >= 1.0:
-        return 1.0
-    log_front = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
-    if x < (a + 1.0) / (a + b + 2.0):
-        return math.exp(log_front) * _betacf(a, b, x) / a
-    return 1.0 - math.exp(log_front) * _betacf(b, a, 1.0 - x) / b
-
-
-def t_two_sided_p(t: float, df: float) -> float:
-    """P(|T| >= |t|) for Student's t with ``df`` degrees of freedom (``df`` need not be an integer)."""
-    return _betainc(df / 2.0, 0.5, df / (df + t * t))
+def _finite(values: Sequence[float]) -> list[float]:
+    return [float(v) for v in values if math.isfinite(v)]
 
 
 def welch_p(a: Sequence[float], b: Sequence[float]) -> float | None:
     """Two-sided p-value of Welch's t-test (unequal variances) that ``a`` and ``b`` have the same mean.
 
     None with fewer than two values on a side, or no spread at all (the test is then undefined).
-    Uses scipy when it is installed, else the same formula with the t-distribution written out.
     """
-    a, b = [v for v in a if math.isfinite(v)], [v for v in b if math.isfinite(v)]
-    if len(a) < 2 or len(b) < 2:
+    from scipy import stats  # imported here: every command line imports the ablate package
+
+    a, b = _finite(a), _finite(b)
+    if len(a) < 2 or len(b) < 2 or statistics.variance(a) + statistics.variance(b) == 0.0:
         return None
-    va, vb = statistics.variance(a) / len(a), statistics.variance(b) / len(b)
-    if va + vb == 0.0:
-        return None
-    try:
-        from scipy import stats
-    except ImportError:
-        t = (statistics.fmean(a) - statistics.fmean(b)) / math.sqrt(va + vb)
-        df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))  # Welch–Satterthwaite
-        return t_two_sided_p(t, df)
     return float(stats.ttest_ind(a, b, equal_var=False).pvalue)
+
+
+def target_p(values: Sequence[float], target: float, higher_better: bool = False) -> float | None:
+    """One-sided p-value of the t-test that the mean of ``values`` beats ``target``: is below it (above it
+    when higher is better). modded-nanogpt's rule for a record: p < 0.01 over the runs' final values.
+
+    None with fewer than two values or no spread (the test is then undefined).
+    """
+    from scipy import stats
+
+    values = _finite(values)
+    if len(values) < 2 or statistics.variance(values) == 0.0:
+        return None
+    alternative = "greater" if higher_better else "less"
+    return float(stats.ttest_1samp(values, target, alternative=alternative).pvalue)
+
+
+def _p_cell(p: float | None) -> str:
+    return "–" if p is None else (f"**{p:.2g}**" if p < SIGNIFICANT else f"{p:.2g}")
 
 
 def _mean_curve(results: Sequence[Result], metric: str) -> dict[int, float]:
@@ -321,7 +323,27 @@ def _versus(row: Row, other: Row, metric: str) -> tuple[str, str]:
         [v for r in row.done() if (v := r.final(metric)) is not None],
         [v for r in other.done() if (v := r.final(metric)) is not None],
     )
-    return delta, "–" if p is None else (f"**{p:.2g}**" if p < SIGNIFICANT else f"{p:.2g}")
+    return delta, _p_cell(p)
+
+
+def _reaches(row: Row, metric: str, target: float) -> str:
+    """The mean over seeds of the step (and training time) at which each run first reached ``target``:
+    ``499 (2.1 min)``; ``… , 2 of 3 seeds`` when some never did; ``never`` when none did."""
+    done = row.done()
+    if not done:
+        return "–"
+    reached = [x for r in done if (x := r.reached(metric, target)) is not None]
+    if not reached:
+        return "never"
+    cell = f"{statistics.fmean(s for s, _ in reached):.0f}"
+    times = [t for _, t in reached if t is not None]
+    if len(times) == len(reached):
+        cell += f" ({_duration(statistics.fmean(times))})"
+    return cell + (f", {len(reached)} of {len(done)} seeds" if len(reached) < len(done) else "")
+
+
+def _target_label(metric: str, target: float) -> str:
+    return f"{'>' if higher_is_better(metric) else '<'} {target:g}"
 
 
 def write_report(study: Study, results: Sequence[Result], path: Path, plot: str | None) -> None:
@@ -351,8 +373,18 @@ def write_report(study: Study, results: Sequence[Result], path: Path, plot: str 
     ref = next((row for row in rows if row.variant == study.reference), None)
     if ref is not None:  # the paragraph above says it
         lines[-2] += f" Δ and p vs {ref.variant}: the same against the reference variant, {ref.variant}."
+    target = study.target
+    if target is not None:
+        lines[-2] += (
+            f' "reaches {target:g}": the step at which a run\'s {names[metric]} first reaches the target '
+            f"{target:g}, and the training time until then, mean over seeds (with how many seeds reached it, "
+            f'when not all did); "p ({_target_label(metric, target)})": the one-sided t-test of the variant\'s '
+            f"final {names[metric]} over seeds against the target (**bold** when p < {SIGNIFICANT}: "
+            "modded-nanogpt's rule for a record)."
+        )
     header = ["", "variant", "params", f"{names[metric]}", "Δ vs baseline", "p (Welch)", "reaches baseline",
               *([f"Δ vs {ref.variant}", f"p vs {ref.variant}"] if ref else []),
+              *([f"reaches {target:g}", f"p ({_target_label(metric, target)})"] if target is not None else []),
               f"best {names[metric]}", names[other], "tokens/s", "wall time", "runs"]  # fmt: skip
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for i, row in enumerate(rows, 1):
@@ -363,6 +395,10 @@ def write_report(study: Study, results: Sequence[Result], path: Path, plot: str 
         wall = _stats([r.wall_time_s for r in done])
         delta, p_text = _versus(row, base, metric)
         versus = list(_versus(row, ref, metric)) if ref is not None else []
+        if target is not None:
+            finals = [v for r in done if (v := r.final(metric)) is not None]
+            p = target_p(finals, target, higher_is_better(metric))
+            versus += [_reaches(row, metric, target), _p_cell(p)]
         reach = first_step_reaching(done, metric, base_stats[0] if base_stats else None)
         name = f"**{row.variant}** (baseline)" if row is base else row.variant
         failed = len(row.results) - len(done)

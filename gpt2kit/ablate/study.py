@@ -25,6 +25,7 @@ import csv
 import difflib
 import itertools
 import json
+import math
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -38,7 +39,7 @@ from gpt2kit.spec import describe
 
 KEYS = (
     "name", "base", "out_dir", "seeds", "overrides", "variants", "grid", "baseline", "reference", "plugins",
-    "metric",
+    "metric", "target",
 )  # fmt: skip
 SEED_KEYS = ("seed_everything", "data.init_args.seed")
 """Where a run's seed goes: the global seed (initialisation, dropout) and the data's (window order)."""
@@ -99,6 +100,10 @@ class Study:
     metric: str | None = None
     """``val_loss``, ``val_bpb`` or a logged ``eval/<task>/<metric>`` to rank by; None: bits per byte when
     the tokenizer varies, else loss."""
+    target: float | None = None
+    """A value of the metric to reach (e.g. nanoGPT's 1.898 val loss): the report gives the step and time
+    at which each variant first reaches it, and a one-sided t-test p-value that its mean final value
+    beats it (modded-nanogpt's rule for a record: p < 0.01)."""
     reference: str | None = None
     """A second variant every other is compared with (Δ and p): in a study that removes one ingredient
     at a time from a full recipe, the full recipe."""
@@ -166,6 +171,13 @@ def load_study(path: str | Path, out_dir: str | Path | None = None) -> Study:
             f"{path}: metric must be val_loss, val_bpb or a logged eval/<task>/<metric> (LMEvalCallback, "
             f"e.g. eval/shakespeare_mc/acc), or left out; got {metric!r}"
         )
+    target = raw.get("target")
+    if target is not None and (isinstance(target, bool) or not isinstance(target, (int, float))
+                               or not math.isfinite(target)):  # fmt: skip
+        raise GPT2KitError(
+            f"{path}: target must be a number, a value of the metric to reach (e.g. target: 1.898), "
+            f"or left out; got {target!r}"
+        )
     out = Path(out_dir if out_dir is not None else raw.get("out_dir") or Path("runs") / "ablations" / name)
     return Study(
         name=name,
@@ -178,6 +190,7 @@ def load_study(path: str | Path, out_dir: str | Path | None = None) -> Study:
         baseline=baseline,
         plugins=[str(p) for p in plugins],
         metric=metric,
+        target=None if target is None else float(target),
         reference=reference,
     )
 
