@@ -269,28 +269,38 @@ def _manager(paths: tuple[str, ...], defaults: bool) -> Any:
 
 
 @functools.lru_cache(maxsize=1)
-def _default_task_names() -> frozenset[str]:
-    """lm-eval's task, group and tag names, read from its YAML files (seconds, where indexing them all
-    with a TaskManager takes most of a minute on a small machine)."""
+def _default_task_index() -> tuple[frozenset[str], dict[str, frozenset[str]]]:
+    """lm-eval's task, group and tag names, and the folders whose YAMLs define each single task, read from
+    its YAML files (seconds, where indexing them all with a TaskManager takes most of a minute on a small
+    machine)."""
     import lm_eval
 
     single = re.compile(r"^(?:task|group|tag):[ \t]*[\"']?([\w.\-]+)", re.M)
     listed = re.compile(r"^(?:task|tag):[ \t]*\n((?:[ \t]+-[ \t]*[\w.\-]+[ \t]*\n)+)", re.M)
+    task = re.compile(r"^task:[ \t]*[\"']?([\w.\-]+)", re.M)
     names: set[str] = set()
+    folders: dict[str, set[str]] = {}
     for path in (Path(lm_eval.__file__).parent / "tasks").rglob("*.yaml"):
         text = path.read_text(encoding="utf-8", errors="ignore")
         names.update(single.findall(text))
         for block in listed.findall(text):
             names.update(re.findall(r"-[ \t]*([\w.\-]+)", block))
-    return frozenset(names)
+        for name in task.findall(text):
+            folders.setdefault(name, set()).add(str(path.parent))
+    return frozenset(names), {name: frozenset(dirs) for name, dirs in folders.items()}
+
+
+def _default_task_names() -> frozenset[str]:
+    return _default_task_index()[0]
 
 
 def task_manager(names: Sequence[str], include_path: Sequence[str] = ()) -> Any:
     """lm-eval's task index for ``names``, with gpt2kit's offline tasks and ``include_path`` folders.
 
-    Only local folders are indexed when they hold every task asked for (instant); lm-eval's own tasks
-    are indexed when one of them is asked for. An unknown name is refused in one line with the close
-    matches.
+    Only local folders are indexed when they hold every task asked for (instant); a task of lm-eval's
+    own (hellaswag, arc_easy, ...) adds only the folders that define it; a group or tag of lm-eval's
+    indexes all of lm-eval's tasks (30-40 s on a small CPU). An unknown name is refused in one line with
+    the close matches.
     """
     paths = [str(p) for p in include_path]
     if OFFLINE_TASKS.is_dir():
@@ -299,10 +309,16 @@ def task_manager(names: Sequence[str], include_path: Sequence[str] = ()) -> Any:
     missing = [n for n in names if n not in set(local.all_tasks)]
     if not missing:
         return local
-    known = set(local.all_tasks) | _default_task_names()
+    known, folders = _default_task_index()
+    known = set(local.all_tasks) | known
     for name in missing:
         if name not in known:
             _unknown(name, known, local)
+    if all(name in folders for name in missing):  # single tasks: index only the folders defining them
+        extra = sorted({d for name in missing for d in folders[name]})
+        manager = _manager(tuple(paths + extra), False)
+        if all(name in set(manager.all_tasks) for name in missing):
+            return manager
     manager = _manager(tuple(paths), True)
     for name in missing:
         if name not in set(manager.all_tasks):
@@ -376,32 +392,91 @@ def run_tasks(
     except GPT2KitError:
         raise
     except Exception as exc:
-        text = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ''}"
-        network = any(
-            word in text
-            for word in (
-                "Offline",
-                "offline",
-                "Connection",
-                "ConnectError",
-                "resolve",
-                "DatasetNotFound",
-                "Hub",
-            )
-        )
-        if network:
-            cache = os.environ.get("HF_DATASETS_CACHE") or os.path.join(
-                os.environ.get("HF_HOME", "~/.cache/huggingface"), "datasets"
-            )
-            state = (
-                "HF_DATASETS_OFFLINE/HF_HUB_OFFLINE is set" if _offline() else "the network is unreachable"
-            )
-            raise GPT2KitError(
-                f"task(s) {', '.join(tasks)} need their dataset from the Hugging Face Hub, which is not in the "
-                f"datasets cache ({cache}) and {state}: run once with a network (and HF_DATASETS_OFFLINE unset), "
-                f"or use an offline task ({', '.join(offline_task_names(manager)) or 'recipes/eval'}) ({text})"
-            ) from None
+        _raise_if_dataset_missing(exc, tasks, manager)
         raise
+
+
+def load_tasks(tasks: Sequence[str], include_path: Sequence[str] = ()) -> None:
+    """Build ``tasks`` with their datasets (from the datasets cache, or downloaded when there is a network),
+    so that a missing dataset is refused in one line before a model is loaded or a step is trained."""
+    manager = task_manager(tasks, include_path)
+    try:
+        if hasattr(manager, "load"):  # lm-eval >= 0.4.10
+            manager.load(list(tasks))
+        else:  # pragma: no cover - older lm-eval
+            from lm_eval.tasks import get_task_dict
+
+            get_task_dict(list(tasks), manager)
+    except GPT2KitError:
+        raise
+    except Exception as exc:
+        _raise_if_dataset_missing(exc, tasks, manager)
+        raise
+
+
+_NETWORK_WORDS = ("Offline", "offline", "Connection", "ConnectError", "resolve", "DatasetNotFound", "Hub")
+_LOCAL_BUILDERS = ("json", "csv", "parquet", "text", "arrow", "")
+
+
+def _raise_if_dataset_missing(exc: Exception, tasks: Sequence[str], manager: Any) -> None:
+    """A dataset that is neither in the datasets cache nor reachable: one line with what to download and how."""
+    text = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ''}"
+    if not any(word in text for word in _NETWORK_WORDS):
+        return
+    cache = os.environ.get("HF_DATASETS_CACHE") or os.path.join(
+        os.environ.get("HF_HOME", "~/.cache/huggingface"), "datasets"
+    )
+    state = "HF_DATASETS_OFFLINE/HF_HUB_OFFLINE is set" if _offline() else "the Hub cannot be reached"
+    datasets_, command = download_command(tasks, manager)
+    raise GPT2KitError(
+        f"task(s) {', '.join(tasks)} need {datasets_} from the Hugging Face Hub, not in the datasets cache "
+        f"({cache}) and {state}: download it once with a network (HF_DATASETS_OFFLINE unset), into the "
+        f"same cache or one HF_DATASETS_CACHE points at: {command} (or use an offline task: "
+        f"{', '.join(offline_task_names(manager)) or 'recipes/eval'})"
+    ) from None
+
+
+def download_command(tasks: Sequence[str], manager: Any) -> tuple[str, str]:
+    """What ``tasks`` read from the Hub, and a command that puts it in the datasets cache as lm-eval loads it.
+
+    ``("the dataset Rowan/hellaswag", "python -c \"import datasets; datasets.load_dataset('Rowan/hellaswag')\"")``
+    for tasks whose config names a plain hub dataset; lm-eval's own loading of the tasks otherwise.
+    """
+    index = getattr(manager, "task_index", {}) or {}
+    found: list[tuple[str, str | None]] = []
+    for name in tasks:
+        cfg = _get(index.get(name), "cfg") or {}
+        path = cfg.get("dataset_path") if isinstance(cfg, dict) else None
+        if (
+            not isinstance(path, str)
+            or path in _LOCAL_BUILDERS
+            or os.path.exists(path)
+            or cfg.get("custom_dataset")
+            or cfg.get("dataset_kwargs")
+        ):
+            found = []
+            break
+        found.append((path, cfg.get("dataset_name")))
+    if found:
+        unique = list(dict.fromkeys(found))
+        calls = "; ".join(
+            f"datasets.load_dataset({path!r}{f', {sub!r}' if sub else ''})" for path, sub in unique
+        )
+        what = ", ".join(path + (f" ({sub})" if sub else "") for path, sub in unique)
+        return f"the dataset{'s' if len(unique) > 1 else ''} {what}", f'python -c "import datasets; {calls}"'
+    import lm_eval
+
+    builtin = str(Path(lm_eval.__file__).parent / "tasks")
+    folders = sorted(
+        {
+            str(Path(path).parent)
+            for name in tasks
+            if (path := _get(index.get(name), "yaml_path")) and not str(path).startswith(builtin)
+        }
+    )
+    args = f"include_path={folders!r}" if folders else ""
+    load = f"TaskManager({args}).load({list(tasks)!r})"
+    return "their datasets", f'python -c "from lm_eval.tasks import TaskManager; {load}"'
 
 
 def metrics(results: dict[str, Any]) -> dict[str, float]:
@@ -468,7 +543,17 @@ class LMEvalCallback(Callback):
         self._validations = 0
 
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
-        task_manager(self.tasks, self.include_path)  # an unknown task fails now, not after an epoch
+        """An unknown task or a dataset that is neither cached nor reachable fails now, before any step."""
+        task_manager(self.tasks, self.include_path)
+        problem = None
+        if trainer.is_global_zero:  # the rank that evaluates loads the datasets (into the datasets cache)
+            try:
+                load_tasks(self.tasks, self.include_path)
+            except GPT2KitError as exc:
+                problem = str(exc)
+        problem = trainer.strategy.broadcast(problem, src=0)  # every rank stops, none waits for rank 0
+        if problem is not None:
+            raise GPT2KitError(problem)
 
     def on_validation_epoch_end(self, trainer: Any, pl_module: Any) -> None:
         if trainer.sanity_checking:
@@ -525,7 +610,7 @@ def evaluate_command(
     paths = [p for p in (include_path or "").split(os.pathsep) if p]
     if limit is not None and limit <= 0:
         raise GPT2KitError(f"--limit {limit} evaluates nothing: give >= 1 examples per task, or leave it out")
-    task_manager(names, paths)  # unknown names are refused before a large model is loaded
+    load_tasks(names, paths)  # unknown names and missing datasets are refused before a model is loaded
     lm = GPT2KitLM(ckpt=ckpt, batch_size=batch_size, device=device, dtype=dtype)
     results = run_tasks(lm, names, limit, num_fewshot, paths, seed=seed)
     sys.stdout.write(make_table(results) + "\n")  # the command's output: lm-eval's table
