@@ -19,7 +19,8 @@ BPE, GPT-2's, plugin components):
 The tests check it against lm-eval's ``hf`` backend on the same weights exported with ``export-hf``:
 the same log-likelihood per request (within 1e-4) and the same task metrics.
 
-Tasks are lm-eval's (downloaded by ``datasets`` when there is a network) and gpt2kit's offline ones in
+Tasks are lm-eval's (hellaswag, arc_easy, ...: their datasets read from the datasets cache, downloaded
+by ``datasets`` the first time) and gpt2kit's offline ones in
 ``recipes/eval/`` (built from the corpora gpt2kit already has), found with ``--include_path``.
 """
 
@@ -505,10 +506,11 @@ class LMEvalCallback(Callback):
         trainer:
           callbacks:
             - class_path: gpt2kit.evaluate.LMEvalCallback
-              init_args: {tasks: [shakespeare_mc], limit: 100}
+              init_args: {tasks: [hellaswag], limit: 1000, every_n_steps: 250}
 
     The metrics land in the run's metrics.csv beside val_loss, so an ablation can rank by one
-    (``metric: eval/shakespeare_mc/acc``). Tasks are evaluated on rank 0 and the numbers broadcast.
+    (``metric: eval/hellaswag/acc_norm``). Tasks are evaluated on rank 0 and the numbers broadcast; their
+    datasets are loaded at setup, so a missing one stops the run before its first step.
     """
 
     def __init__(
@@ -516,6 +518,7 @@ class LMEvalCallback(Callback):
         tasks: list[str],
         limit: float | None = 100,
         every_n_validations: int = 1,
+        every_n_steps: int | None = None,
         batch_size: int = 8,
         num_fewshot: int | None = None,
         include_path: list[str] | None = None,
@@ -525,6 +528,8 @@ class LMEvalCallback(Callback):
             tasks: lm-eval task names (gpt2kit's offline ones, e.g. shakespeare_mc, or lm-eval's).
             limit: examples per task (>= 1, or a fraction in (0, 1)); None: all (slow for large tasks).
             every_n_validations: evaluate at every n-th validation (the last validation of a fit included).
+            every_n_steps: instead, evaluate at the first validation at or after every n optimizer steps
+                (and at a fit's last validation); validation itself runs every ``val_check_interval``.
             batch_size: requests per forward pass.
             num_fewshot: examples shown before each question (None: the task's default).
             include_path: more folders of task YAMLs.
@@ -534,13 +539,17 @@ class LMEvalCallback(Callback):
             raise GPT2KitError(f"LMEvalCallback limit={limit} evaluates nothing: give >= 1, or None for all")
         if every_n_validations < 1:
             raise GPT2KitError(f"LMEvalCallback every_n_validations={every_n_validations} must be >= 1")
+        if every_n_steps is not None and every_n_steps < 1:
+            raise GPT2KitError(f"LMEvalCallback every_n_steps={every_n_steps} must be >= 1 (or null)")
         self.tasks = list(tasks)
         self.limit = limit
         self.every_n_validations = every_n_validations
+        self.every_n_steps = every_n_steps
         self.batch_size = batch_size
         self.num_fewshot = num_fewshot
         self.include_path = list(include_path or [])
         self._validations = 0
+        self._next_step = every_n_steps or 0
 
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
         """An unknown task or a dataset that is neither cached nor reachable fails now, before any step."""
@@ -559,7 +568,7 @@ class LMEvalCallback(Callback):
         if trainer.sanity_checking:
             return
         self._validations += 1
-        if (self._validations - 1) % self.every_n_validations:
+        if not self._due(trainer):
             return
         values: dict[str, float] = {}
         if trainer.is_global_zero:
@@ -570,6 +579,19 @@ class LMEvalCallback(Callback):
         values = trainer.strategy.broadcast(values, src=0)
         for name, value in values.items():
             pl_module.log(name, value, on_step=False, on_epoch=True, sync_dist=False)
+
+    def _due(self, trainer: Any) -> bool:
+        """Whether this validation evaluates: every n-th one (or the first past every n steps), a fit's
+        last one (so a study ranks by the final model's score), and every validation outside a fit."""
+        if trainer.state.fn != "fit":  # TrainerFn is a str enum
+            return True
+        last = bool(trainer.should_stop) or 0 < trainer.max_steps <= trainer.global_step
+        if self.every_n_steps is None:
+            return last or (self._validations - 1) % self.every_n_validations == 0
+        if last or trainer.global_step >= self._next_step:
+            self._next_step = (trainer.global_step // self.every_n_steps + 1) * self.every_n_steps
+            return True
+        return False
 
 
 # -- the command ------------------------------------------------------------------------------------------
