@@ -276,16 +276,17 @@ def _default_task_index() -> tuple[frozenset[str], dict[str, frozenset[str]]]:
     machine)."""
     import lm_eval
 
-    single = re.compile(r"^(?:task|group|tag):[ \t]*[\"']?([\w.\-]+)", re.M)
-    listed = re.compile(r"^(?:task|tag):[ \t]*\n((?:[ \t]+-[ \t]*[\w.\-]+[ \t]*\n)+)", re.M)
-    task = re.compile(r"^task:[ \t]*[\"']?([\w.\-]+)", re.M)
+    key = r"^[\"']?(?:{})[\"']?:[ \t]*"  # task: NAME, and "task": "NAME" in generated YAMLs (mmlu)
+    single = re.compile(key.format("task|group|tag") + r"[\"']?([\w.\-]+)", re.M)
+    listed = re.compile(key.format("task|tag") + r"\n((?:[ \t]+-[ \t]*[\"']?[\w.\-]+[\"']?[ \t]*\n)+)", re.M)
+    task = re.compile(key.format("task") + r"[\"']?([\w.\-]+)", re.M)
     names: set[str] = set()
     folders: dict[str, set[str]] = {}
     for path in (Path(lm_eval.__file__).parent / "tasks").rglob("*.yaml"):
         text = path.read_text(encoding="utf-8", errors="ignore")
         names.update(single.findall(text))
         for block in listed.findall(text):
-            names.update(re.findall(r"-[ \t]*([\w.\-]+)", block))
+            names.update(re.findall(r"-[ \t]*[\"']?([\w.\-]+)", block))
         for name in task.findall(text):
             folders.setdefault(name, set()).add(str(path.parent))
     return frozenset(names), {name: frozenset(dirs) for name, dirs in folders.items()}

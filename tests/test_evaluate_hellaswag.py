@@ -102,3 +102,19 @@ def test_hellaswag_missing_dataset_is_one_line_and_writes_nothing(exported, tmp_
     assert "python -c \"import datasets; datasets.load_dataset('Rowan/hellaswag')\"" in line
     assert "HF_DATASETS_OFFLINE" in line
     assert not out.exists() and captured.out == ""
+
+
+def test_lm_eval_single_tasks_index_only_their_folders():
+    """hellaswag (task: NAME) and mmlu's generated subtasks ("task": "NAME") are found without indexing all
+    ~14,000 of lm-eval's task files; the download command names each task's dataset from its config."""
+    from gpt2kit.evaluate import download_command, task_manager
+
+    names = ["hellaswag", "mmlu_abstract_algebra"]
+    manager = task_manager(names)
+    assert set(names) <= set(manager.all_tasks) and len(manager.all_tasks) < 500
+    what, command = download_command(names, manager)
+    assert what == "the datasets Rowan/hellaswag, cais/mmlu (abstract_algebra)"
+    assert command == (
+        "python -c \"import datasets; datasets.load_dataset('Rowan/hellaswag'); "
+        "datasets.load_dataset('cais/mmlu', 'abstract_algebra')\""
+    )
