@@ -401,9 +401,13 @@ def run_tasks(
 def load_tasks(tasks: Sequence[str], include_path: Sequence[str] = ()) -> None:
     """Build ``tasks`` with their datasets (from the datasets cache, or downloaded when there is a network),
     so that a missing dataset is refused in one line before a model is loaded or a step is trained."""
+    import datasets
+
     manager = task_manager(tasks, include_path)
+    bars = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()  # a check: the evaluation that follows shows its own progress
     try:
-        if hasattr(manager, "load"):  # lm-eval >= 0.4.10
+        if hasattr(manager, "load"):  # TaskManager.load in newer lm-eval
             manager.load(list(tasks))
         else:  # pragma: no cover - older lm-eval
             from lm_eval.tasks import get_task_dict
@@ -414,15 +418,23 @@ def load_tasks(tasks: Sequence[str], include_path: Sequence[str] = ()) -> None:
     except Exception as exc:
         _raise_if_dataset_missing(exc, tasks, manager)
         raise
+    finally:
+        if bars:
+            datasets.enable_progress_bars()
 
 
-_NETWORK_WORDS = ("Offline", "offline", "Connection", "ConnectError", "resolve", "DatasetNotFound", "Hub")
+_NETWORK_WORDS = ("Offline", "offline", "Connection", "ConnectError", "resolve", "Hub")
 _LOCAL_BUILDERS = ("json", "csv", "parquet", "text", "arrow", "")
 
 
 def _raise_if_dataset_missing(exc: Exception, tasks: Sequence[str], manager: Any) -> None:
     """A dataset that is neither in the datasets cache nor reachable: one line with what to download and how."""
     text = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ''}"
+    if type(exc).__name__ == "DatasetNotFoundError":  # the Hub answered: no such dataset (or not for you)
+        raise GPT2KitError(
+            f"task(s) {', '.join(tasks)}: {text} (check the task's dataset_path; a gated dataset needs "
+            "`hf auth login`)"
+        ) from None
     if not any(word in text for word in _NETWORK_WORDS):
         return
     cache = os.environ.get("HF_DATASETS_CACHE") or os.path.join(
