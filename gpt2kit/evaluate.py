@@ -364,8 +364,13 @@ def run_tasks(
     include_path: Sequence[str] = (),
     log_samples: bool = False,
     seed: int = 0,
+    prepared: Sequence[Any] | None = None,
 ) -> dict[str, Any]:
-    """lm-eval's ``simple_evaluate`` of ``tasks`` with ``lm``; user mistakes become one-line errors."""
+    """lm-eval's ``simple_evaluate`` of ``tasks`` with ``lm``; user mistakes become one-line errors.
+
+    ``prepared``: the same tasks built once by :func:`load_tasks`, evaluated as they are (their datasets
+    are not read again: no trip to the Hub, no preprocessing) — what the callback does at each validation.
+    """
     from lm_eval.evaluator import simple_evaluate
 
     if not tasks:
@@ -379,7 +384,7 @@ def run_tasks(
     try:
         return simple_evaluate(
             model=lm,
-            tasks=list(tasks),
+            tasks=list(prepared) if prepared is not None else list(tasks),
             num_fewshot=num_fewshot,
             limit=limit,
             task_manager=manager,
@@ -398,9 +403,13 @@ def run_tasks(
         raise
 
 
-def load_tasks(tasks: Sequence[str], include_path: Sequence[str] = ()) -> None:
+def load_tasks(tasks: Sequence[str], include_path: Sequence[str] = ()) -> list[Any]:
     """Build ``tasks`` with their datasets (from the datasets cache, or downloaded when there is a network),
-    so that a missing dataset is refused in one line before a model is loaded or a step is trained."""
+    so that a missing dataset is refused in one line before a model is loaded or a step is trained.
+
+    Returns what :func:`run_tasks` takes as ``prepared``: lm-eval's task (or group) object per name, or
+    the names themselves where a name is a tag (or lm-eval is too old to build tasks apart).
+    """
     import datasets
 
     manager = task_manager(tasks, include_path)
@@ -408,11 +417,13 @@ def load_tasks(tasks: Sequence[str], include_path: Sequence[str] = ()) -> None:
     datasets.disable_progress_bars()  # a check: the evaluation that follows shows its own progress
     try:
         if hasattr(manager, "load"):  # TaskManager.load in newer lm-eval
-            manager.load(list(tasks))
-        else:  # pragma: no cover - older lm-eval
-            from lm_eval.tasks import get_task_dict
+            loaded = manager.load(list(tasks))
+            built = [loaded["groups"][n] if n in loaded["groups"] else loaded["tasks"].get(n) for n in tasks]
+            return built if all(b is not None for b in built) else list(tasks)
+        from lm_eval.tasks import get_task_dict  # pragma: no cover - older lm-eval
 
-            get_task_dict(list(tasks), manager)
+        get_task_dict(list(tasks), manager)  # pragma: no cover
+        return list(tasks)  # pragma: no cover
     except GPT2KitError:
         raise
     except Exception as exc:
@@ -563,14 +574,15 @@ class LMEvalCallback(Callback):
         self.include_path = list(include_path or [])
         self._validations = 0
         self._next_step = every_n_steps or 0
+        self._prepared: list[Any] | None = None
 
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
         """An unknown task or a dataset that is neither cached nor reachable fails now, before any step."""
         task_manager(self.tasks, self.include_path)
         problem = None
-        if trainer.is_global_zero:  # the rank that evaluates loads the datasets (into the datasets cache)
+        if trainer.is_global_zero:  # the rank that evaluates loads the datasets, once for the whole run
             try:
-                load_tasks(self.tasks, self.include_path)
+                self._prepared = load_tasks(self.tasks, self.include_path)
             except GPT2KitError as exc:
                 problem = str(exc)
         problem = trainer.strategy.broadcast(problem, src=0)  # every rank stops, none waits for rank 0
@@ -587,7 +599,9 @@ class LMEvalCallback(Callback):
         if trainer.is_global_zero:
             lm = GPT2KitLM(model=pl_module.model, tokenizer=pl_module.tokenizer, batch_size=self.batch_size)
             with torch.no_grad():
-                results = run_tasks(lm, self.tasks, self.limit, self.num_fewshot, self.include_path)
+                results = run_tasks(
+                    lm, self.tasks, self.limit, self.num_fewshot, self.include_path, prepared=self._prepared
+                )
             values = {f"eval/{name}": value for name, value in metrics(results).items()}
         values = trainer.strategy.broadcast(values, src=0)
         for name, value in values.items():
@@ -645,9 +659,9 @@ def evaluate_command(
     paths = [p for p in (include_path or "").split(os.pathsep) if p]
     if limit is not None and limit <= 0:
         raise GPT2KitError(f"--limit {limit} evaluates nothing: give >= 1 examples per task, or leave it out")
-    load_tasks(names, paths)  # unknown names and missing datasets are refused before a model is loaded
+    prepared = load_tasks(names, paths)  # unknown names, missing datasets: refused before a model is loaded
     lm = GPT2KitLM(ckpt=ckpt, batch_size=batch_size, device=device, dtype=dtype)
-    results = run_tasks(lm, names, limit, num_fewshot, paths, seed=seed)
+    results = run_tasks(lm, names, limit, num_fewshot, paths, seed=seed, prepared=prepared)
     sys.stdout.write(make_table(results) + "\n")  # the command's output: lm-eval's table
     if output is not None:
         Path(output).parent.mkdir(parents=True, exist_ok=True)

@@ -16,6 +16,7 @@ from hellaswag_cache import FIXTURE, build_hellaswag_cache, use_datasets_cache
 
 from gpt2kit.checkpoint import save_checkpoint
 from gpt2kit.cli import main
+from gpt2kit.errors import GPT2KitError
 from gpt2kit.interop.hf import export_hf
 from gpt2kit.lit import GPTLitModule
 from gpt2kit.testing import tiny_config
@@ -85,6 +86,21 @@ def test_hellaswag_agrees_with_hf_backend(exported, cache, monkeypatch):
     mine, peer = metrics(ours), metrics(theirs)
     assert mine == peer and set(mine) == {"hellaswag/acc", "hellaswag/acc_norm"}
     assert mine["hellaswag/acc_norm"] == pytest.approx(correct / 20)
+
+
+def test_prepared_tasks_are_evaluated_again_without_their_dataset(exported, cache, tmp_path, monkeypatch):
+    """What the callback does at each validation: the task built once at setup is evaluated again and
+    again with the same result, without reading the datasets cache (or trying the Hub) again."""
+    from gpt2kit.evaluate import load_tasks
+
+    use_datasets_cache(monkeypatch, cache)
+    prepared = load_tasks(["hellaswag"])
+    use_datasets_cache(monkeypatch, tmp_path / "gone")  # the cache is no longer there
+    lm = GPT2KitLM(ckpt=str(exported[0]), batch_size=8)
+    first, again = (metrics(run_tasks(lm, ["hellaswag"], limit=10, prepared=prepared)) for _ in range(2))
+    assert first == again and set(first) == {"hellaswag/acc", "hellaswag/acc_norm"}
+    with pytest.raises(GPT2KitError, match="Rowan/hellaswag"):  # unprepared, it would need the cache
+        run_tasks(lm, ["hellaswag"], limit=10)
 
 
 def test_hellaswag_missing_dataset_is_one_line_and_writes_nothing(exported, tmp_path, capsys, monkeypatch):
