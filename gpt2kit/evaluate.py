@@ -641,8 +641,8 @@ def evaluate_command(
     Args:
         ckpt: a gpt2kit checkpoint (.ckpt), or a hub name (hf:gpt2, hf:ORG/NAME@REVISION).
         tasks: comma-separated task names: lm-eval's (hellaswag, lambada_openai, arc_easy, wikitext, ...;
-            downloaded when there is a network) or gpt2kit's offline ones (shakespeare_mc, zh_poetry_mc,
-            shakespeare_ppl).
+            their datasets read from the datasets cache, downloaded the first time) or gpt2kit's offline
+            ones (shakespeare_mc, zh_poetry_mc, shakespeare_ppl).
         limit: examples per task (a number >= 1, or a fraction in (0, 1)); None: all.
         num_fewshot: examples shown before each question (None: the task's default).
         batch_size: requests per forward pass.
