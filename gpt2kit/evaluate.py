@@ -598,7 +598,8 @@ class LMEvalCallback(Callback):
         values: dict[str, float] = {}
         if trainer.is_global_zero:
             lm = GPT2KitLM(model=pl_module.model, tokenizer=pl_module.tokenizer, batch_size=self.batch_size)
-            with torch.no_grad():
+            # in the run's precision (bf16-mixed: autocast), as validation computes val_loss
+            with torch.no_grad(), trainer.precision_plugin.forward_context():
                 results = run_tasks(
                     lm, self.tasks, self.limit, self.num_fewshot, self.include_path, prepared=self._prepared
                 )
