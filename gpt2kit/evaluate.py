@@ -19,7 +19,8 @@ BPE, GPT-2's, plugin components):
 The tests check it against lm-eval's ``hf`` backend on the same weights exported with ``export-hf``:
 the same log-likelihood per request (within 1e-4) and the same task metrics.
 
-Tasks are lm-eval's (downloaded by ``datasets`` when there is a network) and gpt2kit's offline ones in
+Tasks are lm-eval's (hellaswag, arc_easy, ...: their datasets read from the datasets cache, downloaded
+by ``datasets`` the first time) and gpt2kit's offline ones in
 ``recipes/eval/`` (built from the corpora gpt2kit already has), found with ``--include_path``.
 """
 
@@ -269,28 +270,39 @@ def _manager(paths: tuple[str, ...], defaults: bool) -> Any:
 
 
 @functools.lru_cache(maxsize=1)
-def _default_task_names() -> frozenset[str]:
-    """lm-eval's task, group and tag names, read from its YAML files (seconds, where indexing them all
-    with a TaskManager takes most of a minute on a small machine)."""
+def _default_task_index() -> tuple[frozenset[str], dict[str, frozenset[str]]]:
+    """lm-eval's task, group and tag names, and the folders whose YAMLs define each single task, read from
+    its YAML files (seconds, where indexing them all with a TaskManager takes most of a minute on a small
+    machine)."""
     import lm_eval
 
-    single = re.compile(r"^(?:task|group|tag):[ \t]*[\"']?([\w.\-]+)", re.M)
-    listed = re.compile(r"^(?:task|tag):[ \t]*\n((?:[ \t]+-[ \t]*[\w.\-]+[ \t]*\n)+)", re.M)
+    key = r"^[\"']?(?:{})[\"']?:[ \t]*"  # task: NAME, and "task": "NAME" in generated YAMLs (mmlu)
+    single = re.compile(key.format("task|group|tag") + r"[\"']?([\w.\-]+)", re.M)
+    listed = re.compile(key.format("task|tag") + r"\n((?:[ \t]+-[ \t]*[\"']?[\w.\-]+[\"']?[ \t]*\n)+)", re.M)
+    task = re.compile(key.format("task") + r"[\"']?([\w.\-]+)", re.M)
     names: set[str] = set()
+    folders: dict[str, set[str]] = {}
     for path in (Path(lm_eval.__file__).parent / "tasks").rglob("*.yaml"):
         text = path.read_text(encoding="utf-8", errors="ignore")
         names.update(single.findall(text))
         for block in listed.findall(text):
-            names.update(re.findall(r"-[ \t]*([\w.\-]+)", block))
-    return frozenset(names)
+            names.update(re.findall(r"-[ \t]*[\"']?([\w.\-]+)", block))
+        for name in task.findall(text):
+            folders.setdefault(name, set()).add(str(path.parent))
+    return frozenset(names), {name: frozenset(dirs) for name, dirs in folders.items()}
+
+
+def _default_task_names() -> frozenset[str]:
+    return _default_task_index()[0]
 
 
 def task_manager(names: Sequence[str], include_path: Sequence[str] = ()) -> Any:
     """lm-eval's task index for ``names``, with gpt2kit's offline tasks and ``include_path`` folders.
 
-    Only local folders are indexed when they hold every task asked for (instant); lm-eval's own tasks
-    are indexed when one of them is asked for. An unknown name is refused in one line with the close
-    matches.
+    Only local folders are indexed when they hold every task asked for (instant); a task of lm-eval's
+    own (hellaswag, arc_easy, ...) adds only the folders that define it; a group or tag of lm-eval's
+    indexes all of lm-eval's tasks (30-40 s on a small CPU). An unknown name is refused in one line with
+    the close matches.
     """
     paths = [str(p) for p in include_path]
     if OFFLINE_TASKS.is_dir():
@@ -299,10 +311,16 @@ def task_manager(names: Sequence[str], include_path: Sequence[str] = ()) -> Any:
     missing = [n for n in names if n not in set(local.all_tasks)]
     if not missing:
         return local
-    known = set(local.all_tasks) | _default_task_names()
+    known, folders = _default_task_index()
+    known = set(local.all_tasks) | known
     for name in missing:
         if name not in known:
             _unknown(name, known, local)
+    if all(name in folders for name in missing):  # single tasks: index only the folders defining them
+        extra = sorted({d for name in missing for d in folders[name]})
+        manager = _manager(tuple(paths + extra), False)
+        if all(name in set(manager.all_tasks) for name in missing):
+            return manager
     manager = _manager(tuple(paths), True)
     for name in missing:
         if name not in set(manager.all_tasks):
@@ -346,8 +364,13 @@ def run_tasks(
     include_path: Sequence[str] = (),
     log_samples: bool = False,
     seed: int = 0,
+    prepared: Sequence[Any] | None = None,
 ) -> dict[str, Any]:
-    """lm-eval's ``simple_evaluate`` of ``tasks`` with ``lm``; user mistakes become one-line errors."""
+    """lm-eval's ``simple_evaluate`` of ``tasks`` with ``lm``; user mistakes become one-line errors.
+
+    ``prepared``: the same tasks built once by :func:`load_tasks`, evaluated as they are (their datasets
+    are not read again: no trip to the Hub, no preprocessing) — what the callback does at each validation.
+    """
     from lm_eval.evaluator import simple_evaluate
 
     if not tasks:
@@ -361,7 +384,7 @@ def run_tasks(
     try:
         return simple_evaluate(
             model=lm,
-            tasks=list(tasks),
+            tasks=list(prepared) if prepared is not None else list(tasks),
             num_fewshot=num_fewshot,
             limit=limit,
             task_manager=manager,
@@ -376,32 +399,109 @@ def run_tasks(
     except GPT2KitError:
         raise
     except Exception as exc:
-        text = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ''}"
-        network = any(
-            word in text
-            for word in (
-                "Offline",
-                "offline",
-                "Connection",
-                "ConnectError",
-                "resolve",
-                "DatasetNotFound",
-                "Hub",
-            )
-        )
-        if network:
-            cache = os.environ.get("HF_DATASETS_CACHE") or os.path.join(
-                os.environ.get("HF_HOME", "~/.cache/huggingface"), "datasets"
-            )
-            state = (
-                "HF_DATASETS_OFFLINE/HF_HUB_OFFLINE is set" if _offline() else "the network is unreachable"
-            )
-            raise GPT2KitError(
-                f"task(s) {', '.join(tasks)} need their dataset from the Hugging Face Hub, which is not in the "
-                f"datasets cache ({cache}) and {state}: run once with a network (and HF_DATASETS_OFFLINE unset), "
-                f"or use an offline task ({', '.join(offline_task_names(manager)) or 'recipes/eval'}) ({text})"
-            ) from None
+        _raise_if_dataset_missing(exc, tasks, manager)
         raise
+
+
+def load_tasks(tasks: Sequence[str], include_path: Sequence[str] = ()) -> list[Any]:
+    """Build ``tasks`` with their datasets (from the datasets cache, or downloaded when there is a network),
+    so that a missing dataset is refused in one line before a model is loaded or a step is trained.
+
+    Returns what :func:`run_tasks` takes as ``prepared``: lm-eval's task (or group) object per name, or
+    the names themselves where a name is a tag (or lm-eval is too old to build tasks apart).
+    """
+    import datasets
+
+    manager = task_manager(tasks, include_path)
+    bars = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()  # a check: the evaluation that follows shows its own progress
+    try:
+        if hasattr(manager, "load"):  # TaskManager.load in newer lm-eval
+            loaded = manager.load(list(tasks))
+            built = [loaded["groups"][n] if n in loaded["groups"] else loaded["tasks"].get(n) for n in tasks]
+            return built if all(b is not None for b in built) else list(tasks)
+        from lm_eval.tasks import get_task_dict  # pragma: no cover - older lm-eval
+
+        get_task_dict(list(tasks), manager)  # pragma: no cover
+        return list(tasks)  # pragma: no cover
+    except GPT2KitError:
+        raise
+    except Exception as exc:
+        _raise_if_dataset_missing(exc, tasks, manager)
+        raise
+    finally:
+        if bars:
+            datasets.enable_progress_bars()
+
+
+_NETWORK_WORDS = ("Offline", "offline", "Connection", "ConnectError", "resolve", "Hub")
+_LOCAL_BUILDERS = ("json", "csv", "parquet", "text", "arrow", "")
+
+
+def _raise_if_dataset_missing(exc: Exception, tasks: Sequence[str], manager: Any) -> None:
+    """A dataset that is neither in the datasets cache nor reachable: one line with what to download and how."""
+    text = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ''}"
+    if type(exc).__name__ == "DatasetNotFoundError":  # the Hub answered: no such dataset (or not for you)
+        raise GPT2KitError(
+            f"task(s) {', '.join(tasks)}: {text} (check the task's dataset_path; a gated dataset needs "
+            "`hf auth login`)"
+        ) from None
+    if not any(word in text for word in _NETWORK_WORDS):
+        return
+    cache = os.environ.get("HF_DATASETS_CACHE") or os.path.join(
+        os.environ.get("HF_HOME", "~/.cache/huggingface"), "datasets"
+    )
+    state = "HF_DATASETS_OFFLINE/HF_HUB_OFFLINE is set" if _offline() else "the Hub cannot be reached"
+    datasets_, command = download_command(tasks, manager)
+    raise GPT2KitError(
+        f"task(s) {', '.join(tasks)} need {datasets_} from the Hugging Face Hub, not in the datasets cache "
+        f"({cache}) and {state}: download it once with a network (HF_DATASETS_OFFLINE unset), into the "
+        f"same cache or one HF_DATASETS_CACHE points at: {command} (or use an offline task: "
+        f"{', '.join(offline_task_names(manager)) or 'recipes/eval'})"
+    ) from None
+
+
+def download_command(tasks: Sequence[str], manager: Any) -> tuple[str, str]:
+    """What ``tasks`` read from the Hub, and a command that puts it in the datasets cache as lm-eval loads it.
+
+    ``("the dataset Rowan/hellaswag", "python -c \"import datasets; datasets.load_dataset('Rowan/hellaswag')\"")``
+    for tasks whose config names a plain hub dataset; lm-eval's own loading of the tasks otherwise.
+    """
+    index = getattr(manager, "task_index", {}) or {}
+    found: list[tuple[str, str | None]] = []
+    for name in tasks:
+        cfg = _get(index.get(name), "cfg") or {}
+        path = cfg.get("dataset_path") if isinstance(cfg, dict) else None
+        if (
+            not isinstance(path, str)
+            or path in _LOCAL_BUILDERS
+            or os.path.exists(path)
+            or cfg.get("custom_dataset")
+            or cfg.get("dataset_kwargs")
+        ):
+            found = []
+            break
+        found.append((path, cfg.get("dataset_name")))
+    if found:
+        unique = list(dict.fromkeys(found))
+        calls = "; ".join(
+            f"datasets.load_dataset({path!r}{f', {sub!r}' if sub else ''})" for path, sub in unique
+        )
+        what = ", ".join(path + (f" ({sub})" if sub else "") for path, sub in unique)
+        return f"the dataset{'s' if len(unique) > 1 else ''} {what}", f'python -c "import datasets; {calls}"'
+    import lm_eval
+
+    builtin = str(Path(lm_eval.__file__).parent / "tasks")
+    folders = sorted(
+        {
+            str(Path(path).parent)
+            for name in tasks
+            if (path := _get(index.get(name), "yaml_path")) and not str(path).startswith(builtin)
+        }
+    )
+    args = f"include_path={folders!r}" if folders else ""
+    load = f"TaskManager({args}).load({list(tasks)!r})"
+    return "their datasets", f'python -c "from lm_eval.tasks import TaskManager; {load}"'
 
 
 def metrics(results: dict[str, Any]) -> dict[str, float]:
@@ -430,10 +530,11 @@ class LMEvalCallback(Callback):
         trainer:
           callbacks:
             - class_path: gpt2kit.evaluate.LMEvalCallback
-              init_args: {tasks: [shakespeare_mc], limit: 100}
+              init_args: {tasks: [hellaswag], limit: 1000, every_n_steps: 250}
 
     The metrics land in the run's metrics.csv beside val_loss, so an ablation can rank by one
-    (``metric: eval/shakespeare_mc/acc``). Tasks are evaluated on rank 0 and the numbers broadcast.
+    (``metric: eval/hellaswag/acc_norm``). Tasks are evaluated on rank 0 and the numbers broadcast; their
+    datasets are loaded at setup, so a missing one stops the run before its first step.
     """
 
     def __init__(
@@ -441,6 +542,7 @@ class LMEvalCallback(Callback):
         tasks: list[str],
         limit: float | None = 100,
         every_n_validations: int = 1,
+        every_n_steps: int | None = None,
         batch_size: int = 8,
         num_fewshot: int | None = None,
         include_path: list[str] | None = None,
@@ -450,6 +552,8 @@ class LMEvalCallback(Callback):
             tasks: lm-eval task names (gpt2kit's offline ones, e.g. shakespeare_mc, or lm-eval's).
             limit: examples per task (>= 1, or a fraction in (0, 1)); None: all (slow for large tasks).
             every_n_validations: evaluate at every n-th validation (the last validation of a fit included).
+            every_n_steps: instead, evaluate at the first validation at or after every n optimizer steps
+                (and at a fit's last validation); validation itself runs every ``val_check_interval``.
             batch_size: requests per forward pass.
             num_fewshot: examples shown before each question (None: the task's default).
             include_path: more folders of task YAMLs.
@@ -459,32 +563,63 @@ class LMEvalCallback(Callback):
             raise GPT2KitError(f"LMEvalCallback limit={limit} evaluates nothing: give >= 1, or None for all")
         if every_n_validations < 1:
             raise GPT2KitError(f"LMEvalCallback every_n_validations={every_n_validations} must be >= 1")
+        if every_n_steps is not None and every_n_steps < 1:
+            raise GPT2KitError(f"LMEvalCallback every_n_steps={every_n_steps} must be >= 1 (or null)")
         self.tasks = list(tasks)
         self.limit = limit
         self.every_n_validations = every_n_validations
+        self.every_n_steps = every_n_steps
         self.batch_size = batch_size
         self.num_fewshot = num_fewshot
         self.include_path = list(include_path or [])
         self._validations = 0
+        self._next_step = every_n_steps or 0
+        self._prepared: list[Any] | None = None
 
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
-        task_manager(self.tasks, self.include_path)  # an unknown task fails now, not after an epoch
+        """An unknown task or a dataset that is neither cached nor reachable fails now, before any step."""
+        task_manager(self.tasks, self.include_path)
+        problem = None
+        if trainer.is_global_zero:  # the rank that evaluates loads the datasets, once for the whole run
+            try:
+                self._prepared = load_tasks(self.tasks, self.include_path)
+            except GPT2KitError as exc:
+                problem = str(exc)
+        problem = trainer.strategy.broadcast(problem, src=0)  # every rank stops, none waits for rank 0
+        if problem is not None:
+            raise GPT2KitError(problem)
 
     def on_validation_epoch_end(self, trainer: Any, pl_module: Any) -> None:
         if trainer.sanity_checking:
             return
         self._validations += 1
-        if (self._validations - 1) % self.every_n_validations:
+        if not self._due(trainer):
             return
         values: dict[str, float] = {}
         if trainer.is_global_zero:
             lm = GPT2KitLM(model=pl_module.model, tokenizer=pl_module.tokenizer, batch_size=self.batch_size)
-            with torch.no_grad():
-                results = run_tasks(lm, self.tasks, self.limit, self.num_fewshot, self.include_path)
+            # in the run's precision (bf16-mixed: autocast), as validation computes val_loss
+            with torch.no_grad(), trainer.precision_plugin.forward_context():
+                results = run_tasks(
+                    lm, self.tasks, self.limit, self.num_fewshot, self.include_path, prepared=self._prepared
+                )
             values = {f"eval/{name}": value for name, value in metrics(results).items()}
         values = trainer.strategy.broadcast(values, src=0)
         for name, value in values.items():
             pl_module.log(name, value, on_step=False, on_epoch=True, sync_dist=False)
+
+    def _due(self, trainer: Any) -> bool:
+        """Whether this validation evaluates: every n-th one (or the first past every n steps), a fit's
+        last one (so a study ranks by the final model's score), and every validation outside a fit."""
+        if trainer.state.fn != "fit":  # TrainerFn is a str enum
+            return True
+        last = bool(trainer.should_stop) or 0 < trainer.max_steps <= trainer.global_step
+        if self.every_n_steps is None:
+            return last or (self._validations - 1) % self.every_n_validations == 0
+        if last or trainer.global_step >= self._next_step:
+            self._next_step = (trainer.global_step // self.every_n_steps + 1) * self.every_n_steps
+            return True
+        return False
 
 
 # -- the command ------------------------------------------------------------------------------------------
@@ -507,8 +642,8 @@ def evaluate_command(
     Args:
         ckpt: a gpt2kit checkpoint (.ckpt), or a hub name (hf:gpt2, hf:ORG/NAME@REVISION).
         tasks: comma-separated task names: lm-eval's (hellaswag, lambada_openai, arc_easy, wikitext, ...;
-            downloaded when there is a network) or gpt2kit's offline ones (shakespeare_mc, zh_poetry_mc,
-            shakespeare_ppl).
+            their datasets read from the datasets cache, downloaded the first time) or gpt2kit's offline
+            ones (shakespeare_mc, zh_poetry_mc, shakespeare_ppl).
         limit: examples per task (a number >= 1, or a fraction in (0, 1)); None: all.
         num_fewshot: examples shown before each question (None: the task's default).
         batch_size: requests per forward pass.
@@ -525,9 +660,9 @@ def evaluate_command(
     paths = [p for p in (include_path or "").split(os.pathsep) if p]
     if limit is not None and limit <= 0:
         raise GPT2KitError(f"--limit {limit} evaluates nothing: give >= 1 examples per task, or leave it out")
-    task_manager(names, paths)  # unknown names are refused before a large model is loaded
+    prepared = load_tasks(names, paths)  # unknown names, missing datasets: refused before a model is loaded
     lm = GPT2KitLM(ckpt=ckpt, batch_size=batch_size, device=device, dtype=dtype)
-    results = run_tasks(lm, names, limit, num_fewshot, paths, seed=seed)
+    results = run_tasks(lm, names, limit, num_fewshot, paths, seed=seed, prepared=prepared)
     sys.stdout.write(make_table(results) + "\n")  # the command's output: lm-eval's table
     if output is not None:
         Path(output).parent.mkdir(parents=True, exist_ok=True)
