@@ -249,3 +249,15 @@ def test_bos_aligned_needs_a_separator_and_room_for_a_window():
     with pytest.raises(GPT2KitError, match="finds no window of block_size=64"):
         BOSAlignedWindows().order(np.zeros(50, dtype=np.uint16), 64, EOT)
     assert chain_windows(np.array([0, 5, 9]), 4, 10).tolist() == [0, 5]  # 9 + 5 > 10: no room
+
+
+def test_the_position_follows_the_count_over_all_epochs():
+    """Lightning may carry its count of the epoch's batches into a new epoch (a run resumed from the
+    checkpoint written when training ended); the position counts from where the epoch began."""
+    total = {"n": 10}
+    sampler = _world(_Identity(1000), 1)[0]
+    sampler.trained = lambda: total["n"]
+    sampler.set_epoch(1)  # 10 batches trained so far, in epoch 0
+    total["n"] = 14
+    state = sampler.state_dict(batches_done=14, batch_size=4, trained=14)  # Lightning's epoch count: 14
+    assert (state["epoch"], state["samples_done"]) == (1, 16)

@@ -186,6 +186,9 @@ class ShardDataModule(L.LightningDataModule):
         trainer = self.trainer
         if trainer is not None:  # resume after the batches Lightning trained on, not those it prefetched
             loader.batches_done = lambda: trainer.fit_loop.epoch_loop.batch_progress.current.processed
+            loader.trained = sampler.trained = lambda: (
+                trainer.fit_loop.epoch_loop.batch_progress.total.processed
+            )
             loader.accumulate = trainer.accumulate_grad_batches
             if trainer.fit_loop.restarting:
                 # Resuming mid-epoch: Lightning sizes the epoch (len) before it hands back the position, and

@@ -236,6 +236,8 @@ class TrainSampler(DistributedSampler):
         self.samples_per_epoch = order.samples_per_epoch
         self.position = 0  # global samples of this epoch consumed before this iteration starts
         self.base_batches = 0  # Lightning's count of this epoch's batches (per rank) at ``position``
+        self.trained: Callable[[], int] | None = None  # Lightning's count of batches over all epochs, if set
+        self.mark = 0  # that count at ``position``
         super().__init__(
             dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=True
         )
@@ -261,11 +263,18 @@ class TrainSampler(DistributedSampler):
     def set_epoch(self, epoch: int) -> None:
         if epoch != self.epoch:  # a new epoch starts from its beginning; the same one keeps a resumed start
             self.epoch, self.position, self.base_batches = epoch, 0, 0
+            self.mark = self.trained() if self.trained is not None else 0
 
     # -- resuming ---------------------------------------------------------------------------------------
-    def state_dict(self, batches_done: int, batch_size: int) -> dict[str, Any]:
-        """The position after ``batches_done`` batches of this epoch (Lightning's count, per rank)."""
-        consumed = (batches_done - self.base_batches) * batch_size * self.num_replicas
+    def state_dict(self, batches_done: int, batch_size: int, trained: int | None = None) -> dict[str, Any]:
+        """The position after ``batches_done`` batches of this epoch (Lightning's count, per rank).
+
+        ``trained``: Lightning's count of batches over all epochs (default: ``batches_done``). The position
+        follows it, not the count of the epoch, which Lightning does not always restart at 0 (a run resumed
+        from the checkpoint written when training ended starts a new epoch and counts on).
+        """
+        trained = batches_done if trained is None else trained
+        consumed = (trained - self.mark) * batch_size * self.num_replicas
         return {
             "seed": self.seed,
             "epoch": self.epoch,
@@ -278,12 +287,18 @@ class TrainSampler(DistributedSampler):
         }
 
     def load_state_dict(
-        self, state: dict[str, Any], batches_done: int, batch_size: int, accumulate: int = 1
+        self,
+        state: dict[str, Any],
+        batches_done: int,
+        batch_size: int,
+        accumulate: int = 1,
+        trained: int | None = None,
     ) -> None:
         """Continue from a saved position: any world size, unless the first optimizer step would be partial.
 
         ``batches_done``: Lightning's restored count (used for states saved before it was stored);
-        ``accumulate``: this run's ``accumulate_grad_batches``.
+        ``accumulate``: this run's ``accumulate_grad_batches``; ``trained``: Lightning's restored count over
+        all epochs (default: the count of the epoch), from which :meth:`state_dict` counts on.
         """
         expected = (
             ("order", state.get("order", self.order.name), self.order.name, "data.sampler"),
@@ -317,6 +332,7 @@ class TrainSampler(DistributedSampler):
         if changed and self.samples_per_epoch - position < old_world * old_batch:
             position = self.samples_per_epoch  # the old world had ended this epoch: its tail stays dropped
         self.epoch, self.position, self.base_batches = int(state["epoch"]), position, base
+        self.mark = base if trained is None else trained
         if changed:
             log.info(
                 "resuming the data position on %d process(es) × %d (saved on %d × %d): epoch %d, %d of %d samples "
@@ -369,12 +385,13 @@ class ResumableDataLoader(DataLoader):
     """A DataLoader over a :class:`TrainSampler` that Lightning can checkpoint mid-epoch, on any world size.
 
     ``batches_done`` returns how many batches of the current epoch were trained on (Lightning's progress
-    counter, per rank) and ``accumulate`` is the trainer's ``accumulate_grad_batches``; the DataModule
-    sets both when it builds the loader for a Trainer. The length is Lightning's count at the resumed
+    counter, per rank), ``trained`` how many over all epochs, and ``accumulate`` is the trainer's
+    ``accumulate_grad_batches``; the DataModule sets them when it builds the loader for a Trainer. The length is Lightning's count at the resumed
     position plus the batches left, so the epoch ends where the windows do, whatever the world size.
     """
 
     batches_done: Callable[[], int] | None = None
+    trained: Callable[[], int] | None = None
     accumulate: int = 1
 
     def __len__(self) -> int:
@@ -382,8 +399,10 @@ class ResumableDataLoader(DataLoader):
 
     def state_dict(self) -> dict[str, Any]:
         assert self.batches_done is not None, "built outside a Trainer: nothing tracks the batches trained on"
-        return self.sampler.state_dict(self.batches_done(), self.batch_size)
+        trained = self.trained() if self.trained is not None else None
+        return self.sampler.state_dict(self.batches_done(), self.batch_size, trained)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         done = self.batches_done() if self.batches_done is not None else 0
-        self.sampler.load_state_dict(state, done, self.batch_size, self.accumulate)
+        trained = self.trained() if self.trained is not None else None
+        self.sampler.load_state_dict(state, done, self.batch_size, self.accumulate, trained)
