@@ -69,7 +69,7 @@ def _audit(drawn: list[int], total: int) -> tuple[int, int]:
 
 @pytest.mark.parametrize(
     ("old", "new", "batch_old", "batch_new", "steps"),
-    [(4, 2, 3, 3, 5), (2, 4, 3, 3, 7), (4, 2, 3, 6, 5), (1, 3, 5, 2, 3), (3, 2, 2, 2, 1)],
+    [(4, 2, 3, 3, 5), (2, 4, 3, 3, 7), (4, 2, 3, 6, 5), (1, 3, 5, 2, 3), (3, 2, 3, 2, 3), (3, 4, 1, 2, 5)],
 )
 def test_a_run_resumed_on_another_world_size_draws_exactly_the_windows_it_had_not(
     old, new, batch_old, batch_new, steps
