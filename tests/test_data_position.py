@@ -261,3 +261,34 @@ def test_the_position_follows_the_count_over_all_epochs():
     total["n"] = 14
     state = sampler.state_dict(batches_done=14, batch_size=4, trained=14)  # Lightning's epoch count: 14
     assert (state["epoch"], state["samples_done"]) == (1, 16)
+
+
+def test_bos_aligned_is_chosen_in_yaml_and_its_batches_open_documents(tmp_path, capsys):
+    from conftest import RECIPES
+
+    from gpt2kit.cli import main
+    from gpt2kit.data import TextDataModule
+    from gpt2kit.tokenizers import CharTokenizer
+
+    recipe = str(RECIPES / "pretrain" / "shakespeare-char.yaml")
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", recipe, "--data.init_args.sampler", "bos_aligned", "--print_config"])
+    assert "class_path: gpt2kit.data.sampler.BOSAlignedWindows" in capsys.readouterr().out
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(60):  # documents of 5 to 60 characters
+        words = rng.choice(["a", "bb", "ccc", "dddd"], size=int(rng.integers(2, 15)))
+        (docs / f"{i:03d}.txt").write_text(" ".join(words) + ".")
+    dm = TextDataModule(
+        str(docs), tokenizer=CharTokenizer(special_tokens=["<|endoftext|>"]), block_size=16, batch_size=4,
+        cache=str(tmp_path / "prep"), sampler=BOSAlignedWindows(),
+    )  # fmt: skip
+    eot = dm.tokenizer.eot_id
+    tokens = dm.prepared().tokens("train")
+    x, y = next(iter(dm.train_dataloader()))
+    for row, target in zip(x.tolist(), y.tolist(), strict=True):
+        start = next(o for o in document_starts(tokens, eot) if tokens[o : o + 16].tolist() == row)
+        assert start == 0 or row[0] == eot  # the window opens a document
+        assert target == tokens[start + 1 : start + 17].tolist()

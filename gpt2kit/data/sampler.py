@@ -50,6 +50,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from gpt2kit.errors import GPT2KitError
 from gpt2kit.registry import add_kind
+from gpt2kit.spec import init_args_from_attributes, instance_spec
 
 log = logging.getLogger(__name__)
 
@@ -138,8 +139,19 @@ class WindowSampler:
         """
         raise NotImplementedError
 
+    def spec(self) -> dict[str, Any]:
+        """``{"class_path": ..., "init_args": ...}``: how a recipe or checkpoint writes this sampler down."""
+        return instance_spec(self, init_args_from_attributes(self))
+
     def __repr__(self) -> str:
-        return f"{type(self).__name__}()"
+        args = ", ".join(f"{k}={v!r}" for k, v in self.spec()["init_args"].items())
+        return f"{type(self).__name__}({args})"
+
+    def __eq__(self, other: object) -> bool:
+        return type(self) is type(other) and self.spec() == other.spec()  # type: ignore[attr-defined]
+
+    def __hash__(self) -> int:
+        return hash(repr(self))
 
 
 SAMPLER = add_kind("sampler", WindowSampler)
