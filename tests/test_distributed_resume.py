@@ -16,7 +16,7 @@ from collections import Counter
 import numpy as np
 import pytest
 import torch
-from conftest import RECIPES
+from conftest import RECIPES, SHARED_DATA
 
 from gpt2kit.cli import main
 from gpt2kit.data import TextDataModule
@@ -27,6 +27,7 @@ RUN = [
     "--config", SHAKESPEARE,
     "--model.arch.n_layer=2", "--model.arch.n_head=2", "--model.arch.n_embd=32", f"--model.arch.block_size={T}",
     "--model.schedule.init_args.warmup_steps=2", f"--data.init_args.batch_size={B}",
+    "--data.init_args.source=corpus.txt", "--data.init_args.cache=prepared",
     "--trainer.limit_val_batches=0", "--trainer.log_every_n_steps=1",
     "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
 ]  # fmt: skip
@@ -54,7 +55,8 @@ class Record(L.Callback):
         x, y = batch
         rows = torch.cat([x, y[:, -1:]], dim=1).tolist()
         with open(f"windows-{self.tag}-rank{trainer.global_rank}.jsonl", "a") as f:
-            f.write(json.dumps({"step": trainer.global_step, "rows": rows}) + "\\n")
+            record = {"epoch": trainer.current_epoch, "step": trainer.global_step, "rows": rows}
+            f.write(json.dumps(record) + "\\n")
 """
 
 
@@ -85,12 +87,12 @@ def _subprocess(run_dir, args, killed):
 
 
 def _records(run_dir, tag, world):
-    """{step: [rows of every rank]} of one run."""
-    out: dict[int, list] = {}
+    """{step: (epoch, [rows of every rank])} of one run."""
+    out: dict[int, tuple[int, list]] = {}
     for rank in range(world):
         for line in (run_dir / f"windows-{tag}-rank{rank}.jsonl").read_text().splitlines():
             rec = json.loads(line)
-            out.setdefault(rec["step"], []).extend(map(tuple, rec["rows"]))
+            out.setdefault(rec["step"], (rec["epoch"], []))[1].extend(map(tuple, rec["rows"]))
     return out
 
 
@@ -105,6 +107,8 @@ def test_resumed_on_fewer_then_more_processes_no_window_is_repeated_or_skipped(t
     (run / "recorder.py").write_text(RECORDER)
     monkeypatch.chdir(run)
     monkeypatch.syspath_prepend(str(run))
+    # A corpus of ~60 windows per epoch: run c (on more processes than b) reaches the end of epoch 0.
+    (run / "corpus.txt").write_text((SHARED_DATA / "tinyshakespeare" / "input.txt").read_text()[:2200])
 
     # a: 2 processes, 8 windows per step; last.ckpt at step 4; every rank SIGKILLed at the start of step 6
     _subprocess(run, [*RUN, *DDP, *_callbacks(run, "a", kill_at=6), "--trainer.max_steps=12", "--ckpt_path", "last"], True)  # fmt: skip
@@ -135,28 +139,39 @@ def test_resumed_on_fewer_then_more_processes_no_window_is_repeated_or_skipped(t
     assert sorted(a) == list(range(6)) and sorted(b) == list(range(4, 10)) and sorted(c) == list(range(8, 14))
     # what counts: the steps each run trained before the checkpoint the next one resumed from
     steps = [a[s] for s in range(4)] + [b[s] for s in range(4, 8)] + [c[s] for s in range(8, 14)]
-    assert [len(s) for s in steps] == [8] * 4 + [4] * 4 + [8] * 6
+    worlds = [2] * 4 + [1] * 4 + [2] * 6
+    assert [len(rows) for _, rows in steps] == [B * w for w in worlds]
 
-    # The global order: a function of (seed, epoch) only, read the way the DataModule reads it.
+    # The global order of each epoch: a function of (seed, epoch) only, read the way the DataModule reads it.
     state = torch.load(run / "ckpts/last.ckpt", weights_only=True)["loops"]["fit_loop"]["state_dict"]
     saved = state["combined_loader"][0]
-    dm = TextDataModule("tinyshakespeare", block_size=T)
+    dm = TextDataModule(str(run / "corpus.txt"), block_size=T, cache=str(run / "prepared"))
     tokens = dm.prepared().tokens("train")
     order = dm.sampler.order(tokens, T, dm.prepared().tokenizer.eot_id)
-    total = sum(len(s) for s in steps)
-    starts = order.items(saved["seed"], saved["epoch"], np.arange(total))
-    expected = [tuple(int(t) for t in tokens[o : o + T + 1]) for o in starts]
+    n = order.samples_per_epoch
 
-    # every step trained on the next windows of the order, split across its ranks ...
-    done = 0
-    for rows in steps:
-        assert Counter(rows) == Counter(expected[done : done + len(rows)])
+    def window(epoch, i):
+        o = int(order.items(saved["seed"], epoch, np.array([i]))[0])
+        return tuple(int(t) for t in tokens[o : o + T + 1])
+
+    # Every step trained on the next windows of its epoch's order, split across its ranks; an epoch ends
+    # when what is left of it is less than one global batch of the world that reached it (dropped, as
+    # in an uninterrupted run), and the next starts at its beginning.
+    epoch, done, repeated, skipped, dropped = 0, 0, 0, 0, 0
+    for (e, rows), world in zip(steps, worlds, strict=True):
+        if e != epoch:
+            assert e == epoch + 1 and n - done < B * world, (e, done, n)
+            dropped += n - done
+            epoch, done = e, 0
+        want = Counter(window(e, i) for i in range(done, done + len(rows)))
+        repeated += sum((Counter(rows) - want).values())
+        skipped += sum((want - Counter(rows)).values())
         done += len(rows)
-    # ... so that, over the three runs, nothing is repeated and nothing skipped
-    drawn = Counter(row for rows in steps for row in rows)
-    repeated, skipped = sum((drawn - Counter(expected)).values()), sum((Counter(expected) - drawn).values())
+    total = sum(len(rows) for _, rows in steps)
     print(
-        f"audit 2 -> 1 -> 2 processes (killed twice), {total} windows: repeated {repeated}, skipped {skipped}"
+        f"audit 2 -> 1 -> 2 processes (killed twice), {total} windows over {epoch + 1} epochs of {n}: "
+        f"repeated {repeated}, skipped {skipped} (end of epoch 0: {dropped} left, less than a global batch)"
     )
+    assert epoch == 1  # the chain crossed an epoch boundary, on the resumed world
     assert (repeated, skipped) == (0, 0)
-    assert saved["samples_done"] == 4 * 8 + 4 * 4 + 6 * 8 and saved["world_size"] == 2  # for the next resume
+    assert (saved["epoch"], saved["samples_done"], saved["world_size"]) == (1, done, 2)  # for the next resume
