@@ -107,8 +107,9 @@ def test_resumed_on_fewer_then_more_processes_no_window_is_repeated_or_skipped(t
     (run / "recorder.py").write_text(RECORDER)
     monkeypatch.chdir(run)
     monkeypatch.syspath_prepend(str(run))
-    # A corpus of ~60 windows per epoch: run c (on more processes than b) reaches the end of epoch 0.
-    (run / "corpus.txt").write_text((SHARED_DATA / "tinyshakespeare" / "input.txt").read_text()[:2200])
+    # A corpus of ~120 windows per epoch: run c, on more processes than b, reaches the end of epoch 0 with
+    # more batches left than a fresh epoch has on its world (where Lightning would end an epoch too early).
+    (run / "corpus.txt").write_text((SHARED_DATA / "tinyshakespeare" / "input.txt").read_text()[:4400])
 
     # a: 2 processes, 8 windows per step; last.ckpt at step 4; every rank SIGKILLed at the start of step 6
     _subprocess(run, [*RUN, *DDP, *_callbacks(run, "a", kill_at=6), "--trainer.max_steps=12", "--ckpt_path", "last"], True)  # fmt: skip
@@ -129,17 +130,17 @@ def test_resumed_on_fewer_then_more_processes_no_window_is_repeated_or_skipped(t
     )
     assert "the first step would hold 1 of its 3 micro-batches" in err[0]
     assert _step(run) == 8 and not list(run.glob("windows-x-*"))
-    # c: resumed on 2 processes again (8 windows per step), to step 14
+    # c: resumed on 2 processes again (8 windows per step), to step 18
     _subprocess(
-        run, [*RUN, *DDP, *_callbacks(run, "c"), "--trainer.max_steps=14", "--ckpt_path", "last"], False
+        run, [*RUN, *DDP, *_callbacks(run, "c"), "--trainer.max_steps=18", "--ckpt_path", "last"], False
     )
-    assert _step(run) == 14
+    assert _step(run) == 18
 
     a, b, c = _records(run, "a", 2), _records(run, "b", 1), _records(run, "c", 2)
-    assert sorted(a) == list(range(6)) and sorted(b) == list(range(4, 10)) and sorted(c) == list(range(8, 14))
+    assert sorted(a) == list(range(6)) and sorted(b) == list(range(4, 10)) and sorted(c) == list(range(8, 18))
     # what counts: the steps each run trained before the checkpoint the next one resumed from
-    steps = [a[s] for s in range(4)] + [b[s] for s in range(4, 8)] + [c[s] for s in range(8, 14)]
-    worlds = [2] * 4 + [1] * 4 + [2] * 6
+    steps = [a[s] for s in range(4)] + [b[s] for s in range(4, 8)] + [c[s] for s in range(8, 18)]
+    worlds = [2] * 4 + [1] * 4 + [2] * 10
     assert [len(rows) for _, rows in steps] == [B * w for w in worlds]
 
     # The global order of each epoch: a function of (seed, epoch) only, read the way the DataModule reads it.
