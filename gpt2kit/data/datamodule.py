@@ -6,8 +6,9 @@ pipeline (:func:`gpt2kit.data.prepare.prepare_shards`) and holds ``prepared``, `
 :class:`~gpt2kit.data.prepare.ShardFormat` that writes its shards, and how its loaders cut and batch
 samples (:class:`TextDataModule` here; :class:`~gpt2kit.data.chat.ChatDataModule` for chat).
 
-For text, training samples random windows, as nanoGPT does, from a stateless sampler that resumes mid-epoch
-and shards across ranks (:mod:`gpt2kit.data.sampler`); validation uses a fixed, evenly spaced set of
+For text, training samples windows in a global order that depends on (seed, epoch) only — random, as nanoGPT
+does, or aligned to document boundaries (the ``sampler`` option) — dealt across ranks and resumed mid-epoch
+on any number of processes (:mod:`gpt2kit.data.sampler`); validation uses a fixed, evenly spaced set of
 windows, so a validation loss is comparable across runs and checkpoints, and covered once in total
 however many ranks share it.
 """
