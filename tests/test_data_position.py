@@ -292,3 +292,16 @@ def test_bos_aligned_is_chosen_in_yaml_and_its_batches_open_documents(tmp_path, 
         start = next(o for o in document_starts(tokens, eot) if tokens[o : o + 16].tolist() == row)
         assert start == 0 or row[0] == eot  # the window opens a document
         assert target == tokens[start + 1 : start + 17].tolist()
+
+
+def test_an_epoch_the_old_world_had_finished_stays_finished():
+    """4 × 5 windows a step leave 12 of 252 at the end of an epoch: the 4-process run ended it there (as
+    Lightning records); resumed on 2 processes, those 12 are not trained on either: the next epoch starts."""
+    w4 = _world(_Identity(252), 4)
+    state = w4[0].state_dict(12, 5)
+    assert state["samples_done"] == 240
+    w2 = _world(_Identity(252), 2)[0]
+    w2.load_state_dict(state, batches_done=12, batch_size=5)
+    assert len(w2) == 0 and list(w2) == []
+    w2.set_epoch(1)
+    assert len(w2) == 126
