@@ -21,6 +21,7 @@ def load_builtins() -> None:
     if _loaded:
         return
     import gpt2kit.chat.template  # noqa: F401  chat templates
+    import gpt2kit.data.sampler  # noqa: F401  training window samplers
     import gpt2kit.finetune  # noqa: F401  freeze policies, LoRA
     import gpt2kit.nn  # noqa: F401  attention, position, norm, mlp, head
     import gpt2kit.optim  # noqa: F401  optimizers, schedules

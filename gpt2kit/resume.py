@@ -14,8 +14,9 @@
 * :func:`architecture_mismatch`: the differences between the model a checkpoint was trained with and the
   model it is being loaded into, listed for a one-line error.
 
-The data order is resumed by the training sampler (:mod:`gpt2kit.data.sampler`); the model, optimizer,
-LR schedule and loop counters by Lightning itself.
+The data order is resumed by the training sampler (:mod:`gpt2kit.data.sampler`), from a position counted
+in windows, so also on another number of processes; the model, optimizer, LR schedule and loop counters
+by Lightning itself.
 """
 
 from __future__ import annotations

@@ -242,7 +242,8 @@ def _constructible(cls: type) -> bool:
 
 
 @pytest.mark.parametrize(
-    "kind", ["attention", "position", "norm", "mlp", "head", "tokenizer", "chat_template", "freeze"]
+    "kind",
+    ["attention", "position", "norm", "mlp", "head", "tokenizer", "chat_template", "freeze", "sampler"],
 )
 def test_spec_round_trip_for_every_registered_component(kind):
     reg = registry(kind)

@@ -17,7 +17,7 @@ from conftest import RECIPES
 from gpt2kit import GPT2KitError, preset
 from gpt2kit.cli import lightning_main
 from gpt2kit.data import TextDataModule
-from gpt2kit.data.sampler import EvalSampler, RandomWindowSampler, window_starts
+from gpt2kit.data.sampler import EvalSampler, RandomWindowSampler, ResumableDataLoader, window_starts
 from gpt2kit.lit import GPTLitModule, OptimConfig
 from gpt2kit.resume import AtomicCheckpointIO, LastCheckpoint, rng_state, set_rng_state
 
@@ -182,11 +182,13 @@ def test_sampler_resumes_after_the_batches_trained_on():
     full.set_epoch(2)
     order = list(full)
     resumed = RandomWindowSampler(_Sized(1000), 1000, 96, seed=1)
-    resumed.load_state_dict(full.state_dict(batches_done=5, batch_size=8))
+    resumed.load_state_dict(full.state_dict(batches_done=5, batch_size=8), batches_done=5, batch_size=8)
     resumed.set_epoch(2)  # Lightning sets the same epoch again: the position stays
-    assert list(resumed) == order[40:] and len(resumed) == 96
+    assert list(resumed) == order[40:] and len(resumed) == 56
+    loader = ResumableDataLoader(_Sized(1000), batch_size=8, sampler=resumed, drop_last=True)
+    assert len(loader) == 12  # Lightning's epoch length: its 5 batches so far + the 7 left
     resumed.set_epoch(3)  # the next epoch starts at its beginning
-    assert len(list(resumed)) == 96
+    assert len(list(resumed)) == 96 and len(loader) == 12
 
 
 def test_validation_is_covered_once_across_ranks():

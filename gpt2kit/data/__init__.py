@@ -3,7 +3,7 @@
 Read in this order: ``readers.py`` (one table of file formats) → ``sources.py`` (named corpora, files,
 folders, globs) → ``cache.py`` (request key → temporary folder → published atomically) →
 ``prepare.py`` (the shared pipeline) → ``text.py`` / ``chat.py`` (the two sample formats) →
-``datamodule.py`` (ShardDataModule, TextDataModule) → ``sampler.py`` (resumable, rank-sharded order).
+``datamodule.py`` (ShardDataModule, TextDataModule) → ``sampler.py`` (the global order of windows, dealt to ranks, resumable on any world size).
 """
 
 from gpt2kit.corpora import CORPORA, cache_dir, fetch_corpus
@@ -22,9 +22,13 @@ from gpt2kit.data.readers import (
     TextSource,
     reader,
 )
+from gpt2kit.data.sampler import BOSAlignedWindows, RandomWindows, WindowSampler
 from gpt2kit.data.text import Prepared, prepare
 
 __all__ = [
+    "BOSAlignedWindows",
+    "RandomWindows",
+    "WindowSampler",
     "CORPORA",
     "READERS",
     "TOKENIZER_FILE",

@@ -50,7 +50,7 @@ from gpt2kit.data.cache import PreparedFolder
 from gpt2kit.data.datamodule import IGNORE_INDEX, ShardDataModule
 from gpt2kit.data.prepare import ShardFormat, held_out, progress_bar
 from gpt2kit.data.readers import ChatSource, ReadOptions
-from gpt2kit.data.sampler import PAD, EvalSampler, RandomWindowSampler
+from gpt2kit.data.sampler import PAD, EvalSampler, PermutedOrder, TrainSampler
 from gpt2kit.errors import GPT2KitError
 from gpt2kit.tokenizers import Tokenizer
 
@@ -393,18 +393,16 @@ def pack(lengths: np.ndarray, groups: np.ndarray, window: int, seed: int) -> lis
     return windows
 
 
-class ShuffledSampler(RandomWindowSampler):
+class ShuffledSampler(TrainSampler):
     """Every training item once per epoch, in an order that is a pure function of (seed, epoch).
 
-    Like the pretraining sampler it has no state beyond the position in the epoch, so a run resumed
-    with ``--ckpt_path`` continues with the next batch it had not trained on; rank r of W takes every
-    W-th item of the order.
+    Like the pretraining sampler it has no state beyond the position in the epoch (in items consumed by
+    all ranks), so a run resumed with ``--ckpt_path`` continues with the next batch it had not trained
+    on, on any number of processes; rank r of W takes every W-th item of the rest of the order.
     """
 
-    def __iter__(self) -> Iterator[int]:
-        order = np.random.default_rng([self.seed, self.epoch]).permutation(self.n_offsets)
-        mine = order[self.rank : self.total_size : self.num_replicas]
-        yield from mine[self.start :].tolist()
+    def __init__(self, dataset: Dataset, n: int, seed: int, num_replicas: int = 1, rank: int = 0) -> None:
+        super().__init__(dataset, PermutedOrder(n), seed, num_replicas, rank)
 
 
 class ChatDataModule(ShardDataModule):
@@ -504,14 +502,7 @@ class ChatDataModule(ShardDataModule):
     def train_dataloader(self) -> DataLoader:
         dataset = ChatDataset(self.prepared(), "train", self._items("train"))
         world, rank = self._ranks()
-        sampler = ShuffledSampler(
-            dataset,
-            n_offsets=len(dataset),
-            samples_per_epoch=len(dataset),
-            seed=self.seed,
-            num_replicas=world,
-            rank=rank,
-        )
+        sampler = ShuffledSampler(dataset, len(dataset), seed=self.seed, num_replicas=world, rank=rank)
         return self._train_loader(dataset, sampler, "samples", "conversations")
 
     def val_dataloader(self) -> DataLoader:

@@ -6,8 +6,9 @@ pipeline (:func:`gpt2kit.data.prepare.prepare_shards`) and holds ``prepared``, `
 :class:`~gpt2kit.data.prepare.ShardFormat` that writes its shards, and how its loaders cut and batch
 samples (:class:`TextDataModule` here; :class:`~gpt2kit.data.chat.ChatDataModule` for chat).
 
-For text, training samples random windows, as nanoGPT does, from a stateless sampler that resumes mid-epoch
-and shards across ranks (:mod:`gpt2kit.data.sampler`); validation uses a fixed, evenly spaced set of
+For text, training samples windows in a global order that depends on (seed, epoch) only — random, as nanoGPT
+does, or aligned to document boundaries (the ``sampler`` option) — dealt across ranks and resumed mid-epoch
+on any number of processes (:mod:`gpt2kit.data.sampler`); validation uses a fixed, evenly spaced set of
 windows, so a validation loss is comparable across runs and checkpoints, and covered once in total
 however many ranks share it.
 """
@@ -27,7 +28,14 @@ from gpt2kit.corpora import cache_dir
 from gpt2kit.data.cache import PreparedFolder
 from gpt2kit.data.prepare import ShardFormat, prepare_shards
 from gpt2kit.data.readers import ReadOptions, Source, TextSource
-from gpt2kit.data.sampler import PAD, EvalSampler, RandomWindowSampler, ResumableDataLoader
+from gpt2kit.data.sampler import (
+    PAD,
+    EvalSampler,
+    RandomWindows,
+    ResumableDataLoader,
+    TrainSampler,
+    WindowSampler,
+)
 from gpt2kit.data.text import TextShards
 from gpt2kit.errors import GPT2KitError
 from gpt2kit.tokenizers import CharTokenizer, Tokenizer
@@ -168,10 +176,8 @@ class ShardDataModule(L.LightningDataModule):
             **kwargs,
         )
 
-    def _train_loader(
-        self, dataset: Dataset, sampler: RandomWindowSampler, items: str, more: str
-    ) -> DataLoader:
-        """A training loader that resumes mid-epoch; refuses an epoch shorter than one batch per rank."""
+    def _train_loader(self, dataset: Dataset, sampler: TrainSampler, items: str, more: str) -> DataLoader:
+        """A training loader that resumes mid-epoch, on any world size; refuses an epoch shorter than one batch per rank."""
         if len(sampler) < self.batch_size:
             raise GPT2KitError(
                 f"an epoch has {len(sampler)} training {items} per rank, fewer than batch_size={self.batch_size}: "
@@ -181,6 +187,14 @@ class ShardDataModule(L.LightningDataModule):
         trainer = self.trainer
         if trainer is not None:  # resume after the batches Lightning trained on, not those it prefetched
             loader.batches_done = lambda: trainer.fit_loop.epoch_loop.batch_progress.current.processed
+            loader.trained = sampler.trained = lambda: (
+                trainer.fit_loop.epoch_loop.batch_progress.total.processed
+            )
+            loader.accumulate = trainer.accumulate_grad_batches
+            if trainer.fit_loop.restarting:
+                # Resuming mid-epoch: Lightning sizes the epoch (len) before it hands back the position, and
+                # counts on from its restored count; until then, allow for a whole epoch after that count.
+                sampler.base_batches = loader.batches_done()
         return loader
 
 
@@ -199,6 +213,7 @@ class TextDataModule(ShardDataModule):
         seed: int = 1337,
         cache: str | None = None,
         field: str = "text",
+        sampler: WindowSampler | None = None,
     ) -> None:
         """
         Args:
@@ -216,6 +231,9 @@ class TextDataModule(ShardDataModule):
             seed: seed of the random training windows (a pure function of seed, epoch and sample index).
             cache: folder for prepared shards (default: $GPT2KIT_CACHE/prepared).
             field: the key of each JSON line (``*.jsonl``) or the column (``*.parquet``) that holds its text.
+            sampler: which training windows an epoch holds, in which order (registered kind ``sampler``):
+                ``random`` (default: start anywhere, nanoGPT) or ``bos_aligned`` (start at document
+                boundaries). Either way the position in the data survives a change of world size.
         """
         tokenizer = tokenizer if tokenizer is not None else CharTokenizer()
         super().__init__(
@@ -223,6 +241,7 @@ class TextDataModule(ShardDataModule):
         )
         self.val_max_windows = val_max_windows
         self.field = field
+        self.sampler = sampler if sampler is not None else RandomWindows()
 
     def sample_format(self) -> TextShards:
         return TextShards()
@@ -262,15 +281,9 @@ class TextDataModule(ShardDataModule):
     def train_dataloader(self) -> DataLoader:
         dataset = self._dataset("train")
         world, rank = self._ranks()
-        # An "epoch" draws as many random windows as the split has tokens / block_size (all ranks together).
-        sampler = RandomWindowSampler(
-            dataset,
-            n_offsets=dataset.n_offsets,
-            samples_per_epoch=max(1, dataset.n_offsets // self.block_size),
-            seed=self.seed,
-            num_replicas=world,
-            rank=rank,
-        )
+        prepared = self.prepared()
+        order = self.sampler.order(prepared.tokens("train"), self.block_size, prepared.tokenizer.eot_id)
+        sampler = TrainSampler(dataset, order, seed=self.seed, num_replicas=world, rank=rank)
         return self._train_loader(dataset, sampler, "windows", "text")
 
     def val_dataloader(self) -> DataLoader:
