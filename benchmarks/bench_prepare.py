@@ -1,6 +1,7 @@
 """Preparation: throughput (MB/s) and peak memory with the GPT-2 tokenizer on the Gutenberg novels.
 
     python benchmarks/bench_prepare.py [--repeats 3]
+    python benchmarks/bench_prepare.py --parquet [--mb 100]   # Parquet (a hub corpus's format) vs text
 
 Prepares four sources, each in a fresh subprocess with its own empty cache, and reads the process's
 peak RSS (ru_maxrss) after preparing: the five novels (1x, 3.1 MB), twenty files made of four copies
@@ -9,8 +10,14 @@ too; 16x is 50 MB). Throughput is the source's bytes over the wall time of prepa
 reading, tokenizing, writing; median of the repeats), with a fresh GPT2Tokenizer. Targets: >= 4 MB/s
 on the Gutenberg set on 2 cores, and peak memory that does not grow with the corpus.
 
+With ``--parquet``, a stand-in for a web corpus's Parquet shards (FineWeb-Edu's): the novels repeated
+to ``--mb`` MB, cut into documents of ~4 KB at paragraph breaks, written as 4 Parquet files with row
+groups of 1,000 rows (datatrove, which wrote FineWeb, writes batches of 1,000 documents) and a ``text`` and an ``id`` column, against the same
+bytes as one text file, run alternately (text, Parquet, text, ...). Parquet is read twice (a sizes pass,
+then tokenizing), the text file is not; peak memory must not grow with the size either way.
+
 On a shared machine the wall time depends on the load, so the table also gives the CPU time that
-prepare() used (all threads) and the load average.
+prepare() used (all threads) and the load average. Everything is built in a temporary folder.
 """
 
 from __future__ import annotations
@@ -70,6 +77,41 @@ def make_sources(novels: Path, root: Path) -> dict[str, Path]:
     return sources
 
 
+def make_parquet_sources(novels: Path, root: Path, mb: int, files: int = 4) -> dict[str, Path]:
+    """The novels repeated to ``mb`` MB: documents of ~4 KB in ``files`` Parquet files, and the same
+    bytes as one text file."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    docs, current = [], []
+    for book in sorted(novels.glob("*-0.txt")):
+        for paragraph in book.read_text(encoding="utf-8").split("\n\n"):
+            current.append(paragraph)
+            if sum(len(p) for p in current) >= 4000:
+                docs.append("\n\n".join(current))
+                current = []
+    per_copy = sum(len(d.encode("utf-8")) for d in docs)
+    copies = max(1, round(mb * 1e6 / per_copy))
+    every = [d for _ in range(copies) for d in docs]
+    folder = root / "parquet"
+    folder.mkdir()
+    size = -(-len(every) // files)
+    for i in range(files):
+        part = every[i * size : (i + 1) * size]
+        table = pa.table({"text": part, "id": [f"{i}-{j}" for j in range(len(part))]})
+        pq.write_table(table, folder / f"{i:03d}_00000.parquet", row_group_size=1000)
+    text = root / "same-bytes.txt"
+    with open(text, "w", encoding="utf-8") as out:
+        for d in every:
+            out.write(d)
+    parquet_mb = sum(p.stat().st_size for p in folder.iterdir()) / 1e6
+    return {
+        f"text, 1 file ({text.stat().st_size / 1e6:.0f} MB)": text,
+        f"Parquet, {files} files ({len(every):,} documents, {parquet_mb:.0f} MB on disk)": folder
+        / "*.parquet",
+    }
+
+
 def run(source: Path) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as cache:
         out = subprocess.run(
@@ -82,6 +124,8 @@ def run(source: Path) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--parquet", action="store_true", help="Parquet shards vs the same bytes as text")
+    parser.add_argument("--mb", type=int, default=100, help="--parquet: the stand-in's size in MB of text")
     args = parser.parse_args()
     from gpt2kit.data import fetch_corpus
 
@@ -94,8 +138,16 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|")
     peaks, speeds = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
-        for name, source in make_sources(novels, Path(tmp)).items():
-            results = [run(source) for _ in range(args.repeats)]
+        if args.parquet:
+            sources = make_parquet_sources(novels, Path(tmp), args.mb)
+            done = {name: [] for name in sources}
+            for _ in range(args.repeats):  # alternately: the machine's load changes both alike
+                for name, source in sources.items():
+                    done[name].append(run(source))
+        else:
+            sources = make_sources(novels, Path(tmp))
+        for name, source in sources.items():
+            results = done[name] if args.parquet else [run(source) for _ in range(args.repeats)]
             seconds = statistics.median(r["seconds"] for r in results)
             cpu = statistics.median(r["cpu_seconds"] for r in results)
             peak = max(r["rss_peak_mb"] for r in results)
@@ -107,6 +159,13 @@ def main() -> None:
                 f"{peak:.0f} | {statistics.median(r['rss_before_mb'] for r in results):.0f} |",
                 flush=True,
             )
+    if args.parquet:
+        text, parquet = list(speeds)
+        print(
+            f"\nParquet: {speeds[parquet]:.2f} MB/s, peak RSS {peaks[parquet]:.0f} MB; the same bytes as text: "
+            f"{speeds[text]:.2f} MB/s, {peaks[text]:.0f} MB (load average after: {os.getloadavg()[0]:.1f})"
+        )
+        return
     growth = max(peaks.values()) - peaks["1x (5 files)"]
     speed = speeds["1x (5 files)"]
     print(

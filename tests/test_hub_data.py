@@ -150,7 +150,7 @@ def test_a_parquet_file_without_the_text_column_names_its_columns(capsys, tmp_pa
     assert not (tmp_path / "cache").exists()
 
 
-def test_print_config_and_help_never_download(monkeypatch, capsys):
+def test_print_config_help_and_dry_run_never_download(monkeypatch, capsys, tmp_path):
     def no_download(*args, **kwargs):
         raise AssertionError("downloaded while parsing a config")
 
@@ -161,6 +161,13 @@ def test_print_config_and_help_never_download(monkeypatch, capsys):
             main(["fit", "--config", str(RECIPE), *extra])
         assert not exit.value.code
     assert "hf:datasets/HuggingFaceFW/fineweb-edu/sample/10BT/*.parquet" in capsys.readouterr().out
+    study = tmp_path / "study.yaml"
+    study.write_text(
+        f"base: {RECIPE}\nseeds: [1, 2]\nvariants:\n  lr3: {{model.optimizer.init_args.lr: 3.0e-4}}\n"
+    )
+    main(["ablate", "--config", str(study), "--dry_run"])
+    out = capsys.readouterr().out
+    assert "2 runs: 1 variants × 2 seeds" in out and "does not parse" not in out
 
 
 @pytest.mark.slow
