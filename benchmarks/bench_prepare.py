@@ -35,18 +35,33 @@ from pathlib import Path
 TARGET_MB_S = 4.0
 
 CHILD = """
-import json, resource, sys, time
+import json, resource, sys, threading, time
 from pathlib import Path
 from gpt2kit.data import TextSource, prepare
 from gpt2kit.tokenizers import GPT2Tokenizer
+
+def rss_mb():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
+
+sampled, done = [], threading.Event()
+def sample():  # the resident set while preparing, every 20 ms (ru_maxrss also counts the imports' peak)
+    while not done.wait(0.02):
+        sampled.append(rss_mb())
+
 source = TextSource.resolve(sys.argv[1])
 usage = resource.getrusage(resource.RUSAGE_SELF)
+rss_start = rss_mb()
+threading.Thread(target=sample, daemon=True).start()
 start = time.perf_counter()
 prepared = prepare(source, GPT2Tokenizer(), Path(sys.argv[2]), progress=False)
 seconds = time.perf_counter() - start
+done.set()
 after = resource.getrusage(resource.RUSAGE_SELF)
 meta = prepared.meta
 print(json.dumps({
+    "rss_start_mb": rss_start,
+    "rss_prepare_peak_mb": max(sampled, default=rss_start),
     "seconds": seconds,
     "bytes": meta["train_bytes"] + meta["val_bytes"],
     "tokens": meta["train_tokens"] + meta["val_tokens"],
@@ -133,10 +148,11 @@ def main() -> None:
     fetch_corpus("gpt2-bpe")
     print(f"CPU cores: {os.cpu_count()}, load average before: {os.getloadavg()[0]:.1f}")
     print(
-        "| source | MB | tokens | seconds | MB/s | CPU seconds | peak RSS (MB) | RSS before preparing (MB) |"
+        "| source | MB | tokens | seconds | MB/s | CPU seconds | MB per CPU second | peak RSS (MB) | "
+        "RSS before preparing (MB) | RSS while preparing: start → peak (MB, sampled) |"
     )
-    print("|---|---|---|---|---|---|---|---|")
-    peaks, speeds = {}, {}
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    peaks, speeds, rises = {}, {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         if args.parquet:
             sources = make_parquet_sources(novels, Path(tmp), args.mb)
@@ -154,16 +170,19 @@ def main() -> None:
             mb = results[0]["bytes"] / 1e6
             speeds[name] = mb / seconds
             peaks[name] = peak
+            rss_start = statistics.median(r["rss_start_mb"] for r in results)
+            rises[name] = max(r["rss_prepare_peak_mb"] - r["rss_start_mb"] for r in results)
             print(
                 f"| {name} | {mb:.1f} | {results[0]['tokens']:,} | {seconds:.2f} | {mb / seconds:.2f} | {cpu:.2f} | "
-                f"{peak:.0f} | {statistics.median(r['rss_before_mb'] for r in results):.0f} |",
+                f"{mb / cpu:.2f} | {peak:.0f} | {statistics.median(r['rss_before_mb'] for r in results):.0f} | "
+                f"{rss_start:.0f} → {max(r['rss_prepare_peak_mb'] for r in results):.0f} |",
                 flush=True,
             )
     if args.parquet:
         text, parquet = list(speeds)
         print(
-            f"\nParquet: {speeds[parquet]:.2f} MB/s, peak RSS {peaks[parquet]:.0f} MB; the same bytes as text: "
-            f"{speeds[text]:.2f} MB/s, {peaks[text]:.0f} MB (load average after: {os.getloadavg()[0]:.1f})"
+            f"\nParquet: {speeds[parquet]:.2f} MB/s, RSS +{rises[parquet]:.0f} MB while preparing; the same bytes "
+            f"as text: {speeds[text]:.2f} MB/s, +{rises[text]:.0f} MB (load average after: {os.getloadavg()[0]:.1f})"
         )
         return
     growth = max(peaks.values()) - peaks["1x (5 files)"]

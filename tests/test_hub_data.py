@@ -47,7 +47,7 @@ def hf_home(tmp_path_factory):
                 {"text": documents(120), "id": [f"a{i}" for i in range(120)]}, row_group_size=16
             ),
             "sample/10BT/001_00000.parquet": parquet_bytes(
-                {"text": documents(100, 120), "id": [f"b{i}" for i in range(100)]}
+                {"text": [*documents(100, 120), ""], "id": [f"b{i}" for i in range(101)]}  # an empty row
             ),
             "sample/100BT/000_00000.parquet": parquet_bytes({"text": ["not in the 10BT sample"] * 3}),
             "data/CC-MAIN-2024-10/000_00000.parquet": parquet_bytes({"content": ["x"], "url": ["u"]}),
@@ -82,7 +82,8 @@ def test_a_hub_name_reads_only_the_matching_files_in_order(hf_home, monkeypatch)
     ]
     assert source.name == "fineweb-edu"
     texts = ["".join(doc.pieces) for doc in source.documents()]
-    assert texts == documents(220)  # every row, file after file, row groups streamed in order
+    assert texts == documents(220)  # every row, file after file, row groups streamed in order; empty skipped
+    assert source.sizes() == (220, sum(len(t.encode("utf-8")) for t in texts))  # measured without reading
     # a file is known by its blob (named by its sha256), never read to hash it: the same files give the same
     # fingerprint, other files another
     monkeypatch.setattr("gpt2kit.data.readers.sha256_file", lambda path: pytest.fail(f"hashed {path}"))
