@@ -11,7 +11,8 @@ reading, tokenizing, writing; median of the repeats), with a fresh GPT2Tokenizer
 on the Gutenberg set on 2 cores, and peak memory that does not grow with the corpus.
 
 With ``--parquet``, a stand-in for a web corpus's Parquet shards (FineWeb-Edu's): the novels repeated
-to ``--mb`` MB, cut into documents of ~4 KB at paragraph breaks, written as 4 Parquet files with row
+to ``--mb`` MB, cut into documents of ~4 KB at paragraph breaks, written as Parquet files of 25 MB of
+text each (FineWeb-Edu's are ~2 GB: a bigger corpus is more files, not bigger ones) with row
 groups of 1,000 rows (datatrove, which wrote FineWeb, writes batches of 1,000 documents) and a ``text`` and an ``id`` column, against the same
 bytes as one text file, run alternately (text, Parquet, text, ...). Parquet is read twice (a sizes pass,
 then tokenizing), the text file is not; peak memory must not grow with the size either way.
@@ -92,9 +93,9 @@ def make_sources(novels: Path, root: Path) -> dict[str, Path]:
     return sources
 
 
-def make_parquet_sources(novels: Path, root: Path, mb: int, files: int = 4) -> dict[str, Path]:
-    """The novels repeated to ``mb`` MB: documents of ~4 KB in ``files`` Parquet files, and the same
-    bytes as one text file."""
+def make_parquet_sources(novels: Path, root: Path, mb: int, file_mb: int = 25) -> dict[str, Path]:
+    """The novels repeated to ``mb`` MB: documents of ~4 KB in Parquet files of ``file_mb`` MB of text each
+    (a bigger corpus is more files, as on the hub), and the same bytes as one text file."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -108,6 +109,7 @@ def make_parquet_sources(novels: Path, root: Path, mb: int, files: int = 4) -> d
     per_copy = sum(len(d.encode("utf-8")) for d in docs)
     copies = max(1, round(mb * 1e6 / per_copy))
     every = [d for _ in range(copies) for d in docs]
+    files = max(1, round(mb / file_mb))
     folder = root / "parquet"
     folder.mkdir()
     size = -(-len(every) // files)

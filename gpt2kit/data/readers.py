@@ -286,7 +286,7 @@ def measure_parquet(path: Path, options: ReadOptions | None = None) -> tuple[int
     field = (options or ReadOptions()).field
     check_parquet(path, options)
     docs = nbytes = 0
-    for batch in _parquet_file(path).iter_batches(columns=[field], batch_size=1 << 14):
+    for batch in _parquet_file(path).iter_batches(columns=[field], batch_size=1024):  # as read: bounded
         column = batch.column(0)
         if (
             not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type))
