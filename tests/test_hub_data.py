@@ -125,6 +125,22 @@ def test_online_fetches_only_the_pattern_into_the_hub_cache(hf_home, monkeypatch
         hub_data.fetch(f"hf:datasets/{REPO}/sample/350BT/*.parquet")
 
 
+def test_a_partly_downloaded_dataset_is_refused_not_read_in_part(monkeypatch, hf_home):
+    """huggingface_hub knows (from its cached file listing) when a snapshot misses files: say to finish it."""
+    errors = pytest.importorskip("huggingface_hub.errors")
+    if not hasattr(errors, "IncompleteSnapshotError"):
+        pytest.skip("this huggingface_hub does not track incomplete snapshots")
+
+    def incomplete(repo_id, **kwargs):
+        raise errors.IncompleteSnapshotError("1 file(s) are missing", snapshot_path=str(hf_home[1]))
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", incomplete)
+    with pytest.raises(
+        GPT2KitError, match=r"holds only part of its files .* --include 'sample/10BT/\*.parquet'`: it resumes"
+    ):
+        hub_data.fetch(SPEC)
+
+
 def test_offline_with_nothing_cached_says_what_to_download(capsys, tmp_path):
     err = one_line_error(capsys, ["prepare", "--config", str(RECIPE), "--data.init_args.source",
                                   "hf:datasets/HuggingFaceFW/fineweb/sample/10BT/*.parquet"])  # fmt: skip

@@ -111,7 +111,7 @@ def fetch(spec: str) -> list[Path]:
     """The local files of a hub dataset name, downloading the missing ones into the hub's cache."""
     dataset = parse(spec)
     try:
-        from huggingface_hub import snapshot_download
+        from huggingface_hub import errors, snapshot_download
         from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
     except ImportError:
         raise GPT2KitError(
@@ -146,6 +146,13 @@ def fetch(spec: str) -> list[Path]:
             "commit of the repository"
         ) from None
     except Exception as exc:  # huggingface_hub's offline, cache-miss and connection errors
+        incomplete = getattr(errors, "IncompleteSnapshotError", ())  # huggingface_hub >= 1.x knows
+        if isinstance(exc, incomplete):
+            raise GPT2KitError(
+                f"{spec}: the hub cache ({cache}) holds only part of its files (an interrupted download) and the "
+                f"hub {'is off (HF_HUB_OFFLINE)' if is_offline else 'cannot be reached'}: finish the download "
+                f"where there is a network (`{dataset.download_command()}`: it resumes), then run again"
+            ) from None
         raise GPT2KitError(_not_fetched(dataset, cache, is_offline, exc)) from None
     files = matching(folder, dataset.pattern)
     if not files:
