@@ -146,7 +146,7 @@ def fetch(spec: str) -> list[Path]:
             "commit of the repository"
         ) from None
     except Exception as exc:  # huggingface_hub's offline, cache-miss and connection errors
-        incomplete = getattr(errors, "IncompleteSnapshotError", ())  # huggingface_hub >= 1.x knows
+        incomplete = getattr(errors, "IncompleteSnapshotError", ())  # recent huggingface_hub (2.x) knows
         if isinstance(exc, incomplete):
             raise GPT2KitError(
                 f"{spec}: the hub cache ({cache}) holds only part of its files (an interrupted download) and the "
