@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 
-import huggingface_hub
 import numpy as np
 import pytest
 import yaml
@@ -23,7 +22,8 @@ from gpt2kit.data import hub as hub_data
 from gpt2kit.data.readers import TextSource
 from gpt2kit.tokenizers import GPT2Tokenizer
 
-pytest.importorskip("pyarrow")
+huggingface_hub = pytest.importorskip("huggingface_hub")  # gpt2kit[hf]
+pytest.importorskip("pyarrow")  # gpt2kit[parquet]
 
 REPO = "HuggingFaceFW/fineweb-edu"
 SPEC = f"hf:datasets/{REPO}/sample/10BT/*.parquet"
