@@ -53,3 +53,37 @@ def tiny_overrides() -> list[str]:
         f"--model.arch.n_embd={TINY['n_embd']}",
         f"--model.arch.block_size={TINY['n_positions']}",
     ]
+
+
+def build_dataset_cache(hf_home: Path, repo: str, files: dict[str, bytes], commit: str = COMMIT) -> Path:
+    """Write ``files`` (repository path → content) into ``hf_home``'s hub cache as the dataset ``repo`` at
+    revision main, as `snapshot_download` leaves it: each file a relative link to a blob named by its
+    sha256 (LFS files are). Returns the snapshot folder."""
+    import hashlib
+    import os
+
+    root = Path(hf_home) / "hub" / f"datasets--{repo.replace('/', '--')}"
+    snap = root / "snapshots" / commit
+    (root / "blobs").mkdir(parents=True, exist_ok=True)
+    (root / "refs").mkdir(exist_ok=True)
+    (root / "refs" / "main").write_text(commit)
+    for path, data in files.items():
+        blob = root / "blobs" / hashlib.sha256(data).hexdigest()
+        blob.write_bytes(data)
+        link = snap / path
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.unlink(missing_ok=True)
+        link.symlink_to(os.path.relpath(blob, link.parent))
+    return snap
+
+
+def parquet_bytes(columns: dict[str, list], row_group_size: int | None = None) -> bytes:
+    """A Parquet file of ``columns`` (name → values), as bytes."""
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    out = io.BytesIO()
+    pq.write_table(pa.table(columns), out, row_group_size=row_group_size)
+    return out.getvalue()

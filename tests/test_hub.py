@@ -68,7 +68,11 @@ def test_offline_and_not_cached_is_one_line(capsys):
         main(["generate", "--ckpt", "hf:gpt2-medium", "--prompt", "Hi"])
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1, err
-    assert "hf:gpt2-medium" in err[0] and "HF_HUB_OFFLINE" in err[0] and "huggingface-cli download" in err[0]
+    assert (
+        "hf:gpt2-medium" in err[0]
+        and "HF_HUB_OFFLINE" in err[0]
+        and "hf download openai-community/gpt2-medium" in err[0]
+    )
 
 
 RECIPES = [

@@ -73,6 +73,12 @@ def starts_from_the_hub(path: Path) -> bool:
     )
 
 
+def reads_from_the_hub(path: Path) -> bool:
+    """A recipe whose data is a hub dataset (``source: hf:datasets/...``)."""
+    data = ((yaml.safe_load(path.read_text()) or {}).get("data") or {}).get("init_args") or {}
+    return str(data.get("source", "")).startswith("hf:datasets/")
+
+
 def command(path: Path) -> str:
     """The subcommand the recipe's header runs it with (fit unless it says otherwise)."""
     found = re.search(r"python -m gpt2kit (fit|validate|test|predict)\b", path.read_text())
@@ -169,6 +175,11 @@ def run_recipe(path: Path, workdir, capsys, monkeypatch) -> dict:
 def test_recipe_parses_and_runs_two_steps(path, workdir, capsys, monkeypatch, isolated):  # noqa: F811
     if starts_from_the_hub(path):  # hf:gpt2 needs a hub cache: parsed here, trained in tests/test_hub.py
         assert print_config(capsys, path)["model"]["init_from"].startswith("hf:")
+        return
+    if reads_from_the_hub(
+        path
+    ):  # a hub dataset: parsed here (no download), trained in tests/test_hub_data.py
+        assert print_config(capsys, path)["data"]["init_args"]["source"].startswith("hf:datasets/")
         return
     config = run_recipe(path, workdir, capsys, monkeypatch)
     root, _ = workdir

@@ -219,7 +219,8 @@ class TextDataModule(ShardDataModule):
         Args:
             source: a named corpus (tinyshakespeare, gutenberg-english, chinese-poetry, ...) or a file, folder
                 or glob of UTF-8 text files (each one document), JSON-lines files (``*.jsonl``, one
-                document per line) and Parquet files (``*.parquet``, one document per row); or a list of these.
+                document per line) and Parquet files (``*.parquet``, one document per row); a hub dataset's
+                files (``hf:datasets/ORG/NAME/PATTERN``, fetched when the data is prepared); or a list of these.
             tokenizer: the tokenizer to train on the corpus or use as is (default: char). It is not changed:
                 an untrained one is copied and the copy trained (see ``tokenizer`` after preparation).
             block_size: tokens per training window; recipes link it to model.arch.block_size.

@@ -103,11 +103,13 @@ class TextShards(ShardFormat):
         self._sizes: tuple[int, int] | None = None
 
     def sizes(self, sources: Sequence[TextSource]) -> tuple[int, int]:
-        """(documents, UTF-8 bytes): a cheap pass, sizes only (no text is read from plain files)."""
+        """(documents, UTF-8 bytes): a cheap pass, sizes only (no text is read from plain files, Parquet's
+        text is measured in Arrow, not made into strings)."""
         if self._sizes is None:
             n_docs = n_bytes = 0
-            for doc in _documents(sources):
-                n_docs, n_bytes = n_docs + 1, n_bytes + doc.nbytes
+            for source in sources:
+                docs, nbytes = source.sizes()
+                n_docs, n_bytes = n_docs + docs, n_bytes + nbytes
             if n_bytes == 0:
                 specs = ", ".join(s.spec for s in sources)
                 raise GPT2KitError(f"data source '{specs}' is empty: it holds no text to train on")

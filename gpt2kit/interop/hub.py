@@ -18,6 +18,7 @@ import os
 import re
 from pathlib import Path
 
+from gpt2kit.data.hub import hub_cache, offline
 from gpt2kit.errors import GPT2KitError
 
 log = logging.getLogger(__name__)
@@ -68,20 +69,6 @@ def parse(name: str) -> tuple[str, str | None]:
     return ALIASES.get(repo, repo), revision or None
 
 
-def _hub_cache() -> Path:
-    """The hub's cache folder, read from the environment now (not when huggingface_hub was imported)."""
-    if os.environ.get("HF_HUB_CACHE"):
-        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
-    home = os.environ.get("HF_HOME") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", "~/.cache"), "huggingface"
-    )
-    return Path(home).expanduser() / "hub"
-
-
-def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
-
-
 def snapshot(name: str) -> Path:
     """The local folder of a hub model (``hf:...``), downloaded into the hub's cache if it is not there."""
     try:
@@ -92,11 +79,11 @@ def snapshot(name: str) -> Path:
             "(or download the folder and give its path)"
         ) from None
     repo, revision = parse(name)
-    cache, offline = _hub_cache(), _offline()
+    cache, is_offline = hub_cache(), offline()
     try:
         folder = Path(
             snapshot_download(
-                repo, revision=revision, cache_dir=cache, allow_patterns=FILES, local_files_only=offline
+                repo, revision=revision, cache_dir=cache, allow_patterns=FILES, local_files_only=is_offline
             )
         )
         if not any((folder / f).is_file() for f in ("model.safetensors", "model.safetensors.index.json")):
@@ -107,19 +94,19 @@ def snapshot(name: str) -> Path:
                     revision=revision,
                     cache_dir=cache,
                     allow_patterns=["pytorch_model.bin"],
-                    local_files_only=offline,
+                    local_files_only=is_offline,
                 )
             )
     except Exception as exc:  # huggingface_hub's offline, not-found and connection errors
-        at = f"{repo}@{revision}" if revision else repo
+        at = f"{repo} --revision {revision}" if revision else repo
         why = (
             "HF_HUB_OFFLINE is set and it is not in the cache"
-            if offline
+            if is_offline
             else f"it could not be downloaded ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})"
         )
         raise GPT2KitError(
             f"{name}: {why} ({cache}): download it once where there is a network "
-            f"(`huggingface-cli download {at}`, with the same HF_HOME), or point at a local Hugging Face "
+            f"(`hf download {at}`, with the same HF_HOME), or point at a local Hugging Face "
             "folder or .ckpt instead"
         ) from None
     return folder
