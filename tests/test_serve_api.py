@@ -430,6 +430,6 @@ def test_metrics_are_prometheus_text(chat_server, client):
         "gpt2kit_queued_requests 0",
         'gpt2kit_time_to_first_token_seconds_bucket{le="+Inf"}',
         "gpt2kit_time_to_first_token_seconds_count",
-        "gpt2kit_open_fds",
+        "gpt2kit_process_open_fds",
     ):
         assert name in text, name

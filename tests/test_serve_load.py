@@ -115,8 +115,8 @@ def test_1000_sequential_short_requests_leak_nothing(ckpt):
     assert after["gpt2kit_open_streams"] == 0
     assert after["gpt2kit_threads"] == before["gpt2kit_threads"]
     assert after["gpt2kit_asyncio_tasks"] == before["gpt2kit_asyncio_tasks"]
-    assert abs(after["gpt2kit_open_fds"] - before["gpt2kit_open_fds"]) <= 2
-    grown = after["gpt2kit_resident_memory_bytes"] - before["gpt2kit_resident_memory_bytes"]
+    assert abs(after["gpt2kit_process_open_fds"] - before["gpt2kit_process_open_fds"]) <= 2
+    grown = after["gpt2kit_process_resident_memory_bytes"] - before["gpt2kit_process_resident_memory_bytes"]
     assert grown < 16 * 2**20, f"resident memory grew by {grown / 2**20:.1f} MiB over 1,000 requests"
     count = 'gpt2kit_requests_total{finish_reason="length"}'
     assert after.get(count, 0) + after.get('gpt2kit_requests_total{finish_reason="stop"}', 0) >= 1050
