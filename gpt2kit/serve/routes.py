@@ -79,7 +79,7 @@ def check_model(served: ServedModel, name: str) -> None:
     if name != served.name:
         raise ApiError(
             404,
-            f"model '{name}' does not exist: this server serves '{served.name}' (see GET /v1/models)",
+            f"model '{name[:200]}' does not exist: this server serves '{served.name}' (see GET /v1/models)",
             param="model",
             code="model_not_found",
         )
