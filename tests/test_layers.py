@@ -19,7 +19,7 @@ LAYERS = {
     2: ["nn"],
     3: ["model"],
     4: ["tokenizers"],
-    5: ["data", "chat.template", "chat.conversations"],
+    5: ["data", "chat.template", "chat.conversations", "chat.context"],
     6: ["lit", "callbacks", "finetune", "optim", "resume", "hardware", "perf", "components"],
     7: ["checkpoint", "lightning_cli", "interop"],
     8: ["generate", "quantize", "decoding", "batching", "chat.session"],

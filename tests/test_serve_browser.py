@@ -25,6 +25,9 @@ CHROMIUM = os.environ.get("GPT2KIT_CHROMIUM") or shutil.which("chromium") or shu
 SCREENSHOT = Path(__file__).resolve().parents[1] / "docs" / "serve-page.png"
 """The README's picture of the page: rewritten by this test only with GPT2KIT_UPDATE_SCREENSHOT=1."""
 
+MODEL = 'tinychat <b id="injected">&'
+"""A model id with markup in it: the page must show it as text (and send it back as the model)."""
+
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no system Chromium: apt-get install chromium")
 
 
@@ -33,7 +36,7 @@ def page_server(tmp_path_factory):
     from test_serve_api import trained_chat_checkpoint
 
     ckpt = trained_chat_checkpoint(tmp_path_factory.mktemp("page") / "tinychat.ckpt")
-    served = load_served_model(ckpt, max_batch=2)
+    served = load_served_model(ckpt, max_batch=2, name=MODEL)
     with running_server(served) as url:
         yield url, served
 
@@ -50,7 +53,8 @@ def test_page_streams_a_reply_and_resets(page_server, tmp_path):
             lengths: list[int] = []  # how long the reply was each time the page changed it
             page.expose_function("recordLength", lambda n: lengths.append(n))
             page.goto(url + "/")
-            assert "tinychat" in page.title()
+            assert page.title() == f"gpt2kit chat · {MODEL}"
+            assert page.inner_text("#model") == MODEL and page.locator("#injected").count() == 0
             page.evaluate(
                 """() => new MutationObserver(() => {
                      const r = document.querySelector('.msg.assistant');
@@ -72,7 +76,7 @@ def test_page_streams_a_reply_and_resets(page_server, tmp_path):
 
             api = openai.OpenAI(base_url=f"{url}/v1", api_key="none", timeout=30, max_retries=0)
             expected = api.chat.completions.create(
-                model="tinychat",
+                model=MODEL,
                 messages=[{"role": "user", "content": "hello there"}],
                 max_tokens=40,
                 temperature=0,
@@ -84,9 +88,20 @@ def test_page_streams_a_reply_and_resets(page_server, tmp_path):
                 lengths
             )  # streamed: it grew piece by piece
             assert page.inner_text(".meta").startswith("finish: ")
-            page.fill("#input", "and then?")
-            page.click("#send")
-            page.wait_for_function("document.querySelectorAll('.msg.assistant[data-state=done]').length == 2")
+            # more turns than the 96-token context holds: the oldest are dropped, as in the chat REPL
+            for turn, text in enumerate(["and then?", "hello there", "and then?"], start=2):
+                page.fill("#input", text)
+                page.click("#send")
+                page.wait_for_function(
+                    f"document.querySelectorAll('.msg.assistant[data-state=done]').length == {turn}"
+                )
+            assert page.locator(".msg.error").count() == 0
+            from gpt2kit.chat.template import ChatEncoder, Message
+
+            said = page.locator(".msg").all_inner_texts()
+            enc = ChatEncoder(served.template, served.tokenizer)
+            turns = enc.encode([Message(r, t) for r, t in zip(["user", "assistant"] * 4, said, strict=True)])
+            assert sum(len(t.ids) for t in turns) > served.engine.block_size  # the whole would not fit
             shot = SCREENSHOT if os.environ.get("GPT2KIT_UPDATE_SCREENSHOT") == "1" else tmp_path / "page.png"
             page.screenshot(path=str(shot))
             assert shot.stat().st_size > 10_000  # a real picture of the page, not an empty one

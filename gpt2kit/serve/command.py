@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import signal
 import socket
-from pathlib import Path
+import threading
+from collections.abc import Iterator
 from typing import Any, Literal
 
 from gpt2kit.errors import GPT2KitError
@@ -24,21 +27,10 @@ def load_served_model(
     max_queue: int = 64,
     name: str | None = None,
 ) -> Any:
-    """A :class:`~gpt2kit.serve.app.ServedModel` for a checkpoint: its model in ``dtype`` behind an engine."""
-    from gpt2kit.batching import BatchingEngine
-    from gpt2kit.chat.template import ChatTemplate
-    from gpt2kit.decoding import load_for_decoding
-    from gpt2kit.serve.app import ServedModel
+    """A :class:`~gpt2kit.serve.engine_client.ServedModel` for a checkpoint: its model in ``dtype`` behind an engine."""
+    from gpt2kit.serve.engine_client import load_served_model as load
 
-    module, model = load_for_decoding(ckpt, device, dtype)
-    if module.tokenizer is None:
-        raise GPT2KitError(
-            f"checkpoint {ckpt} carries no tokenizer to read prompts with: "
-            "re-import it with `import-hf ... --tokenizer tokenizer.json`"
-        )
-    template = ChatTemplate.from_dict(module.chat_template) if module.chat_template is not None else None
-    engine = BatchingEngine(model, module.tokenizer, max_batch=max_batch, max_queue=max_queue)
-    return ServedModel(engine, module.tokenizer, name or Path(ckpt).stem, template)
+    return load(ckpt, device, dtype, max_batch, max_queue, name)
 
 
 def serve_command(
@@ -90,7 +82,8 @@ def serve_command(
     server = GracefulServer(
         uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=5), served.engine
     )
-    server.run(sockets=[sock])
+    with signals_end_quietly():
+        server.run(sockets=[sock])
     log.info("stopped")
 
 
@@ -111,6 +104,30 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+@contextlib.contextmanager
+def signals_end_quietly() -> Iterator[None]:
+    """While serving, SIGINT and SIGTERM end the command normally (exit code 0), not with a traceback.
+
+    uvicorn (0.29 to 0.55 tested) installs its own handlers with ``signal.signal`` for the run, then
+    restores the ones it found and raises each signal it caught again, so the process ends as it would
+    have without uvicorn. The ones it finds are these: after a graceful stop, a re-raised signal is
+    logged and ignored. Only the main thread may set handlers; elsewhere (tests) this does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def after_stop(sig: int, frame) -> None:
+        log.debug("%s after a graceful stop: ignored", signal.Signals(sig).name)
+
+    previous = {sig: signal.signal(sig, after_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def _server_class():
     import uvicorn
 
@@ -119,7 +136,9 @@ def _server_class():
 
         uvicorn waits for open connections before it shuts the application down; streams would hold it
         until they finished. Asking the engine to abort (without waiting) ends each stream at its next
-        token boundary with finish_reason "abort" and ``[DONE]``, so the wait is short.
+        token boundary with finish_reason "abort" and ``[DONE]``, so the wait is short. ``handle_exit``
+        is the method uvicorn installs as its signal handler (0.29 to 0.55 tested); it is extended, not
+        replaced.
         """
 
         def __init__(self, config, engine) -> None:
@@ -129,9 +148,6 @@ def _server_class():
         def handle_exit(self, sig, frame) -> None:
             self.engine.stop(wait=False)
             super().handle_exit(sig, frame)
-            # uvicorn re-raises a captured signal after shutting down (SIGINT then ends in a traceback);
-            # the stop was graceful, so the command ends normally instead (exit code 0).
-            self._captured_signals.clear()
 
     return _GracefulServer
 

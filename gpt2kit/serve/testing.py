@@ -26,7 +26,6 @@ def running_server(
     server = GracefulServer(
         uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=5), served.engine
     )
-    server.install_signal_handlers = lambda: None  # uvicorn < 0.29; newer ones skip them off the main thread
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + timeout
