@@ -25,20 +25,14 @@ def load_served_model(
     name: str | None = None,
 ) -> Any:
     """A :class:`~gpt2kit.serve.app.ServedModel` for a checkpoint: its model in ``dtype`` behind an engine."""
-    from gpt2kit.batching import BatchingEngine
-    from gpt2kit.chat.template import ChatTemplate
-    from gpt2kit.decoding import load_for_decoding
+    from gpt2kit.decoding import Engine, load_for_inference
+    from gpt2kit.interop.hub import resolve_checkpoint
     from gpt2kit.serve.app import ServedModel
 
-    module, model = load_for_decoding(ckpt, device, dtype)
-    if module.tokenizer is None:
-        raise GPT2KitError(
-            f"checkpoint {ckpt} carries no tokenizer to read prompts with: "
-            "re-import it with `import-hf ... --tokenizer tokenizer.json`"
-        )
-    template = ChatTemplate.from_dict(module.chat_template) if module.chat_template is not None else None
-    engine = BatchingEngine(model, module.tokenizer, max_batch=max_batch, max_queue=max_queue)
-    return ServedModel(engine, module.tokenizer, name or Path(ckpt).stem, template)
+    loaded = load_for_inference(resolve_checkpoint(ckpt), device, dtype)
+    tokenizer = loaded.require_tokenizer()
+    engine = Engine(loaded.model, tokenizer, max_batch=max_batch, max_queue=max_queue)
+    return ServedModel(engine, tokenizer, name or Path(ckpt).stem, loaded.chat_template)
 
 
 def serve_command(
