@@ -226,3 +226,24 @@ def test_a_long_prompt_is_prefilled_in_chunks_with_the_same_result():
 
 def test_the_loaded_model_s_config_is_json(lora_ckpt):
     json.dumps(load_for_inference(lora_ckpt).config)  # plain data, for logs and the server's /v1/models
+
+
+def test_fit_conversation_drops_the_oldest_turns_and_keeps_the_system_prompt(lora_ckpt):
+    from gpt2kit.chat.session import fit_conversation
+    from gpt2kit.chat.template import ChatEncoder, Message
+
+    loaded = load_for_inference(lora_ckpt)
+    encoder = ChatEncoder(loaded.require_chat_template(), loaded.require_tokenizer())
+    system = Message("system", "be")
+    turns = [Message("user", "aaaa"), Message("assistant", "bbbb"), Message("user", "cccc"),
+             Message("assistant", "dddd"), Message("user", "eeee")]  # fmt: skip
+    render = encoder.tokenizer.decode
+    whole = fit_conversation(encoder, [system, *turns], block_size=64, reply_room=8)
+    assert whole.dropped == 0 and render(whole.ids) == encoder.render([system, *turns]) + "<|assistant|>"
+    fitted = fit_conversation(encoder, [system, *turns], block_size=32, reply_room=8)  # 24 tokens of room
+    assert fitted.dropped == 2 and len(fitted.ids) <= 24
+    assert render(fitted.ids) == encoder.render([system, *turns[2:]]) + "<|assistant|>"
+    long = fit_conversation(encoder, [system, Message("user", "x" * 40)], block_size=32, reply_room=8)
+    assert long.cut > 0 and len(long.ids) == 24 and render(long.ids).startswith(encoder.render([system]))
+    with pytest.raises(GPT2KitError, match="the system prompt is .* too long"):
+        fit_conversation(encoder, [Message("system", "s" * 40), turns[0]], block_size=32, reply_room=8)

@@ -4,13 +4,15 @@ Each turn, the prompt is the system message (if any), the history and the new us
 chat template, then the assistant's header; the model writes until it produces a special token of the
 template (its end-of-turn, normally) or reaches ``max_new_tokens``. The reply joins the history as the
 tokens the model produced, closed by the end-of-turn, so the next prompt starts with exactly the tokens
-of the previous one: the KV cache kept between turns (:class:`~gpt2kit.generate.PromptCache`) already
-holds them, and only the new message is computed.
+of the previous one: the session's request keeps its engine slot's cache row between turns
+(``Request(keep_cache=True)`` on a one-slot :class:`~gpt2kit.decoding.Engine`), which already holds
+them, so only the new message is computed.
 
 The context is the model's ``block_size``. A prompt may use all of it but ``reply_room`` tokens, kept
 free for the reply; when the conversation grows past that, its oldest exchanges are dropped (whole
 messages, from a user message on; the system message stays). Dropping shifts every position, so that
 turn is computed in full. A reply longer than the room left slides the context as ``generate`` does.
+:func:`fit_conversation` is that fitting for a whole conversation given at once (the server's chat route).
 """
 
 from __future__ import annotations
