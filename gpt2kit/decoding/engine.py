@@ -650,10 +650,16 @@ def _rows(model: GPT, prompts: Tensor | Sequence[Sequence[int]]) -> list[list[in
 def static_engine(
     model: GPT, rows: list[list[int]], cfg: SamplingConfig, tokenizer: Tokenizer | None
 ) -> Engine:
-    """An engine sized for one static batch: a slot per prompt, a cache as long as the batch needs."""
-    need = max(len(r) for r in rows) + cfg.max_new_tokens
+    """An engine sized for one static batch: a slot per prompt, a cache as long as the batch needs, and a
+    prefill budget that admits every prompt at the first step, in one left-padded forward."""
+    longest = max(len(r) for r in rows)
     return Engine(
-        model, tokenizer, max_batch=len(rows), max_queue=0, cache_len=need, prefill_tokens=max(512, need)
+        model,
+        tokenizer,
+        max_batch=len(rows),
+        max_queue=0,
+        cache_len=longest + cfg.max_new_tokens,
+        prefill_tokens=max(512, len(rows) * longest),
     )
 
 
