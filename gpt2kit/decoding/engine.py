@@ -520,8 +520,11 @@ class Engine:
                     self._drop_kept(i)  # no column left past it: the dummy would overwrite it
         col_t = torch.tensor(cols, device=self.device)
         width = max(cols) + 1
+        # Rows that all hold the same number of tokens, all fed, have every column below width valid:
+        # no mask is needed (one row, or a static batch of equal-length prompts), as for one sequence.
+        uniform = len(feed) == R and len(set(cols)) == 1
         for layer in self.cache:
-            layer.cols, layer.width, layer.padded = col_t, width, R > 1
+            layer.cols, layer.width, layer.padded = col_t, width, not uniform
         ids = torch.tensor(tokens, device=self.device)[:, None]  # (R, 1)
         with MatVecLinear() if R == 1 and self._matvec else contextlib.nullcontext():
             logits = self.model(ids, pos=col_t[:, None], cache=self.cache)[:, -1]  # (R, vocab)
