@@ -29,7 +29,7 @@ import torch
 
 from gpt2kit import GPT, preset
 from gpt2kit.config import SamplingConfig
-from gpt2kit.decoding.engine import requests_for, static_engine
+from gpt2kit.decoding.static import requests_for, static_engine
 from gpt2kit.interop.hf import state_from_hf
 from gpt2kit.quantize import quantize_int8
 

@@ -7,9 +7,9 @@ from gpt2kit.decoding.engine import (
     EngineStats,
     EngineStopped,
     QueueFull,
-    SlotKVCache,
 )
 from gpt2kit.decoding.sequence import Event, Request, TokenLogprob
+from gpt2kit.decoding.slots import SlotKVCache
 
 __all__ = [
     "TTFT_BUCKETS",

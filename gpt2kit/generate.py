@@ -5,9 +5,9 @@ working; the engine is :class:`gpt2kit.decoding.Engine` (a static batch: submit 
 """
 
 from gpt2kit.config import SamplingConfig
-from gpt2kit.decoding.engine import generate, stream_text
 from gpt2kit.decoding.sampling import encode_prompt, sample_next
 from gpt2kit.decoding.sequence import Completion, Detokenizer
+from gpt2kit.decoding.static import generate, stream_text
 
 __all__ = [
     "Completion",

@@ -5,7 +5,9 @@
 * :mod:`~gpt2kit.decoding.sequence` — one request's rules (:class:`Request`): stop tokens and strings,
   seeded generator, incremental text, the context slide, the finish reason;
 * :mod:`~gpt2kit.decoding.engine` — :class:`Engine`: slots, continuous batching, batched prefill, the
-  batch-1 fast path; :func:`generate` (a static batch) and :func:`stream_text`;
+  batch-1 fast path (:mod:`~gpt2kit.decoding.slots`: the slot KV cache);
+* :mod:`~gpt2kit.decoding.static` — :func:`generate` (a static batch: submit all, run until idle) and
+  :func:`stream_text`;
 * :mod:`~gpt2kit.decoding.sampling` — penalties, temperature, top-k, top-p.
 
 It needs nothing above the data layer (model, tokenizers, chat templates): training, evaluation and
@@ -19,13 +21,12 @@ from gpt2kit.decoding.engine import (
     EngineStats,
     EngineStopped,
     QueueFull,
-    SlotKVCache,
-    generate,
-    stream_text,
 )
 from gpt2kit.decoding.loaded import LoadedModel, check_device, load_for_inference, with_recommended
 from gpt2kit.decoding.sampling import encode_prompt, penalize, sample_next
 from gpt2kit.decoding.sequence import Completion, Detokenizer, Event, Request, TokenLogprob
+from gpt2kit.decoding.slots import SlotKVCache
+from gpt2kit.decoding.static import generate, stream_text
 
 __all__ = [
     "BatchingEngine",

@@ -1,7 +1,7 @@
 """The one decoding engine: requests share a running decode batch, joining and leaving at token boundaries.
 
 ``generate``, ``predict``, the chat session, ``evaluate``'s generate_until and ``serve`` are its clients:
-a static batch is "submit all, run until idle" (:func:`generate`), a chat session is a request whose
+a static batch is "submit all, run until idle" (:func:`gpt2kit.decoding.static.generate`), a chat session is a request whose
 cache row is kept between turns (``Request(keep_cache=True)``), a server submits from its own threads
 while :meth:`Engine.start` runs the loop. The engine keeps a fixed number of **slots**, one KV-cache row
 each, and runs a loop of steps:
@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import dataclasses
 import logging
 import threading
 import time
@@ -45,10 +44,10 @@ from torch import Tensor
 
 from gpt2kit.config import SamplingConfig
 from gpt2kit.decoding.sampling import MatVecLinear, penalized, sample_next
-from gpt2kit.decoding.sequence import Completion, Event, Request, TokenLogprob
+from gpt2kit.decoding.sequence import Event, Request, TokenLogprob
+from gpt2kit.decoding.slots import SlotKVCache
 from gpt2kit.errors import GPT2KitError
 from gpt2kit.model import GPT
-from gpt2kit.nn import KVCache
 from gpt2kit.tokenizers import Tokenizer
 
 log = logging.getLogger(__name__)
@@ -63,58 +62,6 @@ class QueueFull(GPT2KitError):
 
 class EngineStopped(GPT2KitError):
     """The engine is shutting down and takes no new requests."""
-
-
-class SlotKVCache(KVCache):
-    """One layer's KV cache seen as slots: row i holds request i's tokens, each row filled to its own length.
-
-    It shares the preallocated tensors of a layer's :class:`KVCache` (from ``GPT.new_cache``) and keeps its
-    contract (``append`` returns every cached key, value, position and validity), so every attention
-    variant runs on it unchanged. Before each decode step the engine sets :attr:`cols`, the column each
-    row writes its new token to; columns a row has not filled stay invalid and are masked out.
-    """
-
-    def __init__(self, layer: KVCache) -> None:  # noqa: D107 (no super().__init__: the tensors are shared)
-        self.k, self.v, self.pos, self.valid = layer.k, layer.v, layer.pos, layer.valid
-        self.max_len = layer.max_len
-        self.padded = True  # rows of different lengths: every query needs the mask
-        self.length = 0
-        self.cols: Tensor | None = None
-        """(R,) long: where each of the first R rows writes its token in the next ``append``."""
-        self.width = 0
-        """How many columns the next ``append`` returns (the longest row afterwards)."""
-
-    def append(self, k: Tensor, v: Tensor, pos: Tensor, valid: Tensor | None) -> tuple[Tensor, ...]:
-        """Store one new token per row (k, v: (R, h, 1, hs)) at each row's own column; return rows :R."""
-        if k.size(2) != 1 or self.cols is None or self.cols.numel() != k.size(0):
-            raise GPT2KitError("SlotKVCache takes one token per row of the decode batch (set cols first)")
-        R = k.size(0)
-        if R == 1:  # one row: plain slices (no gather)
-            c = int(self.cols[0]) if self.cols.device.type == "cpu" else self.cols[0]
-            self.k[0, :, c] = k[0, :, 0]
-            self.v[0, :, c] = v[0, :, 0]
-            self.pos[0, c] = pos[0, 0]
-            self.valid[0, c] = True
-        else:
-            rows = torch.arange(R, device=k.device)
-            self.k[rows, :, self.cols] = k[:, :, 0]  # (R, h, hs) at (row, :, its column)
-            self.v[rows, :, self.cols] = v[:, :, 0]
-            self.pos[rows, self.cols] = pos[:, 0]
-            self.valid[rows, self.cols] = True
-        w = self.width
-        return self.k[:R, :, :w], self.v[:R, :, :w], self.pos[:R, :w], self.valid[:R, :w]
-
-    def load_row(self, row: int, source: KVCache, src_row: int = 0, start: int = 0) -> None:
-        """Make slot ``row`` hold row ``src_row`` of a prefill's cache from column ``start`` on, and nothing else."""
-        n = source.length - start
-        self.k[row, :, :n] = source.k[src_row, :, start : source.length]
-        self.v[row, :, :n] = source.v[src_row, :, start : source.length]
-        self.pos[row, :n] = source.pos[src_row, start : source.length]
-        self.valid[row] = False
-        self.valid[row, :n] = True
-
-    def truncate(self, length: int) -> None:  # slots are reset with load_row, not truncated
-        raise GPT2KitError("SlotKVCache rows are replaced with load_row, not truncated")
 
 
 @dataclass
@@ -628,79 +575,3 @@ def _common_prefix(a: Sequence[int], b: Sequence[int], limit: int) -> int:
     while n < limit and a[n] == b[n]:
         n += 1
     return n
-
-
-# -- static batches: submit all, run until idle ---------------------------------------------------------------
-def _rows(model: GPT, prompts: Tensor | Sequence[Sequence[int]]) -> list[list[int]]:
-    rows = prompts.tolist() if isinstance(prompts, Tensor) else [[int(t) for t in p] for p in prompts]
-    if not rows:
-        raise GPT2KitError("no prompts given: pass at least one prompt")
-    if any(len(r) == 0 for r in rows):
-        raise GPT2KitError("empty prompt: give at least one token (e.g. the end-of-text token)")
-    block = model.config.block_size
-    longest = max(len(r) for r in rows)
-    if longest > block:
-        log.warning(
-            "prompt of %d tokens is longer than the context (%d): keeping its last %d tokens",
-            longest,
-            block,
-            block,
-        )
-        rows = [r[-block:] for r in rows]
-    return rows
-
-
-def static_engine(
-    model: GPT, rows: list[list[int]], cfg: SamplingConfig, tokenizer: Tokenizer | None
-) -> Engine:
-    """An engine sized for one static batch: a slot per prompt, a cache as long as the batch needs, and a
-    prefill budget that admits every prompt at the first step, in one left-padded forward."""
-    longest = max(len(r) for r in rows)
-    return Engine(
-        model,
-        tokenizer,
-        max_batch=len(rows),
-        max_queue=0,
-        cache_len=longest + cfg.max_new_tokens,
-        prefill_tokens=max(512, len(rows) * longest),
-    )
-
-
-def requests_for(rows: list[list[int]], cfg: SamplingConfig) -> list[Request]:
-    """One request per prompt; with a seed, prompt i samples with ``seed + i`` (reproducible per batch)."""
-    return [
-        Request(r, cfg if cfg.seed is None else dataclasses.replace(cfg, seed=cfg.seed + i))
-        for i, r in enumerate(rows)
-    ]
-
-
-def generate(
-    model: GPT,
-    prompts: Tensor | Sequence[Sequence[int]],
-    cfg: SamplingConfig,
-    tokenizer: Tokenizer | None = None,
-) -> list[Completion]:
-    """Complete a batch of prompts (token ids, any lengths; longer than the context: their end); one
-    :class:`~gpt2kit.decoding.sequence.Completion` per prompt."""
-    rows = _rows(model, prompts)
-    engine = static_engine(model, rows, cfg, tokenizer)
-    reqs = [engine.submit(r) for r in requests_for(rows, cfg)]
-    engine.run_until_idle()
-    return [r.completion() for r in reqs]
-
-
-def stream_text(
-    model: GPT, tokenizer: Tokenizer, prompt: str | Sequence[int], cfg: SamplingConfig
-) -> Iterator[str]:
-    """Yield the completion of one prompt as text, piece by piece, as soon as each piece is final.
-
-    Text that might be the start of a stop string is held back until it is clearly not one.
-    """
-    from gpt2kit.decoding.sampling import encode_prompt
-
-    ids = encode_prompt(tokenizer, prompt) if isinstance(prompt, str) else list(prompt)
-    rows = _rows(model, [ids])
-    engine = static_engine(model, rows, cfg, tokenizer)
-    for ev in engine.stream(requests_for(rows, cfg)[0]):
-        if ev.text:
-            yield ev.text
