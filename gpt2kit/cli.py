@@ -17,23 +17,23 @@ before the command line is parsed, so their components can be named in a recipe.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
+import importlib
+import inspect
 import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Literal, NoReturn
+from typing import Any, NoReturn
 
-from gpt2kit.ablate import ablate_command
-from gpt2kit.chat.repl import chat_command  # and gpt2kit.chat: ChatDataModule by its short name
 from gpt2kit.components import list_components, load_builtins
+from gpt2kit.config import SamplingConfig
+from gpt2kit.decoding.loaded import Dtype
 from gpt2kit.errors import GPT2KitError, user_error
-from gpt2kit.evaluate import evaluate_command
-from gpt2kit.lightning_cli import lightning_main, prepare_command
 from gpt2kit.parsing import CommandParser, program_args
 from gpt2kit.registry import export_plugins, failed_plugins, load_plugins
-from gpt2kit.serve.command import serve_command  # uvicorn/FastAPI are imported only when it runs
 
 __all__ = ["COMMANDS", "generate_command", "lightning_main", "list_command", "main"]
 
@@ -79,60 +79,36 @@ def generate_command(
     prompt: str = "",
     prompt_file: str | None = None,
     num_samples: int = 1,
-    max_new_tokens: int = 200,
-    temperature: float = 0.8,
-    top_k: int | None = 200,
-    top_p: float | None = None,
-    repetition_penalty: float = 1.0,
-    stop: list[str] | None = None,
-    stop_at_eot: bool = True,
-    seed: int | None = None,
+    sampling: SamplingConfig | None = None,
     device: str = "cpu",
-    dtype: Literal["float32", "bfloat16", "float16", "int8"] = "float32",
+    dtype: Dtype = "float32",
 ) -> None:
     """Sample text from a checkpoint, printing tokens as they are generated.
 
     Args:
-        ckpt: path to a gpt2kit checkpoint (.ckpt), trained or from import-hf.
+        ckpt: path to a gpt2kit checkpoint (.ckpt), trained or from import-hf, or a hub name (hf:gpt2).
         prompt: text to continue; empty starts from the end-of-text token.
         prompt_file: a file of prompts (one per line, or .jsonl with {"prompt": ...}) instead of --prompt.
         num_samples: number of independent samples per prompt.
-        max_new_tokens: tokens to generate per sample.
-        temperature: softmax temperature; 0 is greedy.
-        top_k: sample among the k most likely tokens (None: all).
-        top_p: nucleus sampling threshold in (0, 1] (None: off).
-        repetition_penalty: > 1 makes tokens already in the context less likely (1: off).
-        stop: stop strings; a sample ends before the first one it produces.
-        stop_at_eot: end a sample at the end-of-text token.
-        seed: seed for reproducible samples (sample i uses seed + i).
+        sampling: the sampling options (--temperature, --top_k, ..., see docs/generation.md); a seed
+            makes sample i use seed + i.
         device: torch device to run on (cpu, cuda, cuda:1, mps).
         dtype: weight dtype; bfloat16 halves the bytes read per token (faster decoding), int8 (CPU)
             quarters them and is faster still, at a small cost in accuracy.
     """
-    from gpt2kit.data import read_prompts
-    from gpt2kit.decoding import load_for_decoding
-    from gpt2kit.generate import SamplingConfig, encode_prompt, stream_text
+    from gpt2kit.decoding import encode_prompt, load_for_inference, stream_text
 
-    cfg = SamplingConfig(
-        max_new_tokens=max_new_tokens,
-        temperature=temperature,
-        top_k=top_k,
-        top_p=top_p,
-        repetition_penalty=repetition_penalty,
-        stop=list(stop or []),
-        stop_at_eot=stop_at_eot,
-        seed=seed,
-    )
     if num_samples < 1:
         raise GPT2KitError(f"num_samples={num_samples} must be >= 1")
-    prompts = read_prompts(prompt_file) if prompt_file is not None else [prompt]
-    module, model = load_for_decoding(ckpt, device, dtype)
-    tok = module.tokenizer
-    if tok is None:
-        raise GPT2KitError(
-            f"checkpoint {ckpt} carries no tokenizer to read the prompt with: "
-            "re-import it with `import-hf ... --tokenizer gpt2kit_tokenizer.json`"
-        )
+    prompts = [prompt]
+    if prompt_file is not None:
+        from gpt2kit.data.prompts import read_prompts  # (the data package imports Lightning)
+
+        prompts = read_prompts(prompt_file)
+    loaded = load_for_inference(_local(ckpt), device, dtype)
+    tok = loaded.require_tokenizer()
+    cfg = loaded.sampling(sampling)
+    seed = cfg.seed
     ids = [encode_prompt(tok, text) for text in prompts]  # every prompt is checked before sampling
     n = 0
     for i, (text, prompt_ids) in enumerate(zip(prompts, ids, strict=True)):
@@ -142,13 +118,20 @@ def generate_command(
             elif num_samples > 1:
                 print(f"--- sample {j + 1} ---")
             if seed is not None:
-                cfg.seed = seed + n
+                cfg = dataclasses.replace(cfg, seed=seed + n)
             n += 1
             sys.stdout.write(text)
-            for piece in stream_text(model, tok, prompt_ids, cfg):
+            for piece in stream_text(loaded.model, tok, prompt_ids, cfg):
                 sys.stdout.write(piece)
                 sys.stdout.flush()
             sys.stdout.write("\n")
+
+
+def _local(ckpt: str) -> str:
+    """A local checkpoint for ``ckpt``: itself, or the import of an ``hf:`` name (fetched once)."""
+    from gpt2kit.interop.hub import resolve_checkpoint
+
+    return resolve_checkpoint(ckpt)
 
 
 def import_hf_command(hf_dir: str, out: str, tokenizer: str | None = None) -> None:
@@ -183,27 +166,56 @@ def export_hf_command(ckpt: str, out_dir: str) -> None:
 
 
 def _run_function(fn: Callable[..., None], args: Sequence[str], prog: str) -> None:
+    """Parse ``args`` into ``fn``'s parameters; a ``sampling: SamplingConfig`` parameter becomes the flat
+    options every decoding command shares (--temperature, --top_k, ...), with SamplingConfig's defaults."""
+    takes_sampling = "sampling" in inspect.signature(fn).parameters
     parser = CommandParser(prog=f"python -m gpt2kit {prog}", description=(fn.__doc__ or "").split("\n")[0])
-    parser.add_function_arguments(fn, as_group=False, as_positional=fn in POSITIONAL)
-    cfg = parser.parse_args(list(args))
-    fn(**{k: v for k, v in cfg.as_dict().items() if not k.startswith("__")})
+    parser.add_function_arguments(
+        fn, as_group=False, as_positional=prog in POSITIONAL, skip={"sampling"} if takes_sampling else None
+    )
+    if takes_sampling:
+        parser.add_class_arguments(SamplingConfig, None, as_group=True)
+    kwargs: dict[str, Any] = {
+        k: v for k, v in parser.parse_args(list(args)).as_dict().items() if not k.startswith("__")
+    }
+    if takes_sampling:
+        fields = [f.name for f in dataclasses.fields(SamplingConfig)]
+        kwargs["sampling"] = SamplingConfig(**{k: kwargs.pop(k) for k in fields if k in kwargs})
+    fn(**kwargs)
 
 
-COMMANDS: dict[str, Callable[..., None]] = {
-    "list": list_command,
-    "generate": generate_command,
-    "chat": chat_command,
-    "prepare": prepare_command,
-    "import-hf": import_hf_command,
-    "export-hf": export_hf_command,
-    "ablate": ablate_command,
-    "serve": serve_command,
-    "evaluate": evaluate_command,
+COMMANDS: dict[str, str] = {
+    "list": "gpt2kit.cli:list_command",
+    "generate": "gpt2kit.cli:generate_command",
+    "chat": "gpt2kit.chat.repl:chat_command",
+    "prepare": "gpt2kit.lightning_cli:prepare_command",
+    "import-hf": "gpt2kit.cli:import_hf_command",
+    "export-hf": "gpt2kit.cli:export_hf_command",
+    "ablate": "gpt2kit.ablate:ablate_command",
+    "serve": "gpt2kit.serve.command:serve_command",
+    "evaluate": "gpt2kit.evaluate:evaluate_command",
 }
+"""The one dispatch table: command → ``module:function``, imported only when that command runs (so
+``generate``, ``chat`` and ``serve`` start without importing Lightning)."""
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
 """LightningCLI's subcommands (:mod:`gpt2kit.lightning_cli`)."""
-POSITIONAL = {import_hf_command, export_hf_command}
+POSITIONAL = {"import-hf", "export-hf"}
 """Commands whose required arguments are positional (``import-hf HF_DIR OUT``)."""
+OWN_PARSER = {"prepare", "ablate"}
+"""Commands that parse their own arguments."""
+
+
+def command(name: str) -> Callable[..., None]:
+    """The function of a command of :data:`COMMANDS` (its module imported now)."""
+    module, _, attr = COMMANDS[name].partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def lightning_main(*args: Any, **kwargs: Any) -> Any:
+    """LightningCLI's entry point (:func:`gpt2kit.lightning_cli.lightning_main`), imported when called."""
+    from gpt2kit.lightning_cli import lightning_main as run
+
+    return run(*args, **kwargs)
 
 
 def _pop_plugins(argv: list[str]) -> list[str]:
@@ -245,10 +257,10 @@ def _dispatch(argv: list[str]) -> None:
     if argv and argv[0] in COMMANDS:
         if argv[0] == "list":
             _list(argv[1:])
-        elif argv[0] in ("prepare", "ablate"):  # parse their own arguments
-            COMMANDS[argv[0]](argv[1:])
+        elif argv[0] in OWN_PARSER:
+            command(argv[0])(argv[1:])
         else:
-            _run_function(COMMANDS[argv[0]], argv[1:], argv[0])
+            _run_function(command(argv[0]), argv[1:], argv[0])
     else:
         with program_args(argv):
             lightning_main()

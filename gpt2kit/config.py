@@ -69,7 +69,12 @@ def preset(name: str, **overrides: int | float | bool) -> GPTConfig:
 
 @dataclass
 class SamplingConfig:
-    """How the next token is drawn from the model's distribution, and when a completion ends."""
+    """How the next token is drawn from the model's distribution, and when a completion ends.
+
+    The one set of sampling options and defaults: ``generate``, ``chat``, ``predict``, ``evaluate``
+    (generate_until) and ``serve`` all take it (docs/generation.md lists the fields). A checkpoint may
+    recommend other defaults (see :class:`gpt2kit.decoding.LoadedModel`).
+    """
 
     max_new_tokens: int = 200
     """Largest number of tokens to generate per completion."""
@@ -80,7 +85,13 @@ class SamplingConfig:
     top_p: float | None = None
     """Nucleus sampling: the smallest set of tokens whose probability reaches p, in (0, 1]; None: off."""
     repetition_penalty: float = 1.0
-    """Divide positive (multiply negative) logits of tokens already in the context by this; 1: off."""
+    """Divide positive (multiply negative) logits of tokens already in the context (prompt included) by
+    this; 1: off (CTRL's penalty, as in transformers)."""
+    presence_penalty: float = 0.0
+    """Subtract this from the logits of tokens already generated (not the prompt), in [-2, 2]; 0: off
+    (OpenAI's meaning)."""
+    frequency_penalty: float = 0.0
+    """Subtract this times the number of times a token was already generated, in [-2, 2]; 0: off."""
     stop: list[str] = field(default_factory=list)
     """Stop strings: a completion ends before the first one it produces."""
     stop_token_ids: list[int] = field(default_factory=list)
@@ -101,5 +112,8 @@ class SamplingConfig:
             raise GPT2KitError(f"max_new_tokens={self.max_new_tokens} must be >= 0")
         if self.repetition_penalty <= 0:
             raise GPT2KitError(f"repetition_penalty={self.repetition_penalty} must be > 0 (1 is no penalty)")
+        for name in ("presence_penalty", "frequency_penalty"):
+            if not -2.0 <= getattr(self, name) <= 2.0:
+                raise GPT2KitError(f"{name}={getattr(self, name)} must be in [-2, 2] (0 is no penalty)")
         if any(not s for s in self.stop):
             raise GPT2KitError("stop strings must not be empty: remove the empty string from stop")

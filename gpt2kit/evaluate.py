@@ -194,7 +194,8 @@ class GPT2KitLM(TemplateLM):
         """Continuations of each context, up to the first stop string (greedy unless the task samples)."""
         from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs
 
-        from gpt2kit.generate import SamplingConfig, generate
+        from gpt2kit.config import SamplingConfig
+        from gpt2kit.decoding import generate
 
         eos = self.tok_decode([self.eot_token_id]) if self.gpt2kit_tokenizer.eot_id is not None else None
         groups: dict[str, list[int]] = {}
@@ -238,11 +239,11 @@ class GPT2KitLM(TemplateLM):
 
 def load_language_model(ckpt: str, device: str = "cpu", dtype: str = "float32") -> tuple[Any, Any]:
     """A checkpoint's model (eval mode, on ``device`` in ``dtype``) and its tokenizer; hf: names too."""
-    from gpt2kit.checkpoint import load_module
+    from gpt2kit.decoding import load_for_inference
     from gpt2kit.interop.hub import resolve_checkpoint
 
-    module = load_module(resolve_checkpoint(ckpt), map_location=device)
-    return module.to(getattr(torch, dtype)).model.eval(), module.tokenizer
+    loaded = load_for_inference(resolve_checkpoint(ckpt), device, dtype)
+    return loaded.model, loaded.require_tokenizer("to read the tasks' text with")
 
 
 @torch.no_grad()

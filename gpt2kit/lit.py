@@ -27,6 +27,7 @@ from gpt2kit.callbacks import FinalValidation
 from gpt2kit.ckptfile import adapters_only, stored_tokenizer
 from gpt2kit.config import GPTConfig
 from gpt2kit.data.datamodule import IGNORE_INDEX
+from gpt2kit.decoding import encode_prompt, generate
 from gpt2kit.errors import GPT2KitError
 from gpt2kit.finetune import FreezePolicy, FullFineTune, kept_state, load_pretrained
 from gpt2kit.finetune.callback import FineTuning
@@ -290,8 +291,6 @@ class GPTLitModule(L.LightningModule):
 
     def predict_step(self, batch: PromptBatch, batch_idx: int) -> list[dict[str, Any]]:
         """Complete a batch of text prompts (from :class:`~gpt2kit.data.PromptDataModule`)."""
-        from gpt2kit.generate import encode_prompt, generate
-
         if self.tokenizer is None:
             raise GPT2KitError(
                 "the model has no tokenizer to read prompts with: predict from a trained or imported "

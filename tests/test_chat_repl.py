@@ -18,7 +18,7 @@ from gpt2kit.chat import ChatSession, RoleTokensTemplate
 from gpt2kit.chat.repl import interactive
 from gpt2kit.checkpoint import load_module, save_checkpoint
 from gpt2kit.cli import main
-from gpt2kit.generate import Generation, PromptCache, SamplingConfig, generate
+from gpt2kit.decoding import Engine, Request, SamplingConfig, generate
 from gpt2kit.lit import GPTLitModule
 from gpt2kit.nn import LayerNorm
 from gpt2kit.tokenizers import CharTokenizer
@@ -89,21 +89,24 @@ def test_reply_with_the_kept_cache_equals_a_fresh_computation(ckpt):
     module = load_module(ckpt)
     tok = module.tokenizer
     cfg = SamplingConfig(max_new_tokens=8, temperature=0, stop_at_eot=False)
-    cache = PromptCache()
+    engine = Engine(module.model, tok, max_batch=1)  # the chat session's: one slot, its row kept
     a = tok.encode("<|user|>abc<|end|><|assistant|>", allowed_special="all")
-    run = Generation(module.model, [a], cfg, tok, cache=cache)
-    list(run)
-    reply = run.new_tokens[0]
-    assert len(cache.tokens) == len(a) + len(reply) - 1  # the last sampled token was never fed
+    first = engine.submit(Request(a, cfg, keep_cache=True))
+    engine.run_until_idle()
+    reply = first.tokens
+    assert engine.kept[0] == a + reply[:-1]  # the last sampled token was never fed
     b = a + reply + tok.encode("<|end|><|user|>more please<|end|><|assistant|>", allowed_special="all")
-    run = Generation(module.model, [b], cfg, tok, cache=cache)
-    list(run)
-    assert cache.reused == len(a) + len(reply) - 1
-    assert run.new_tokens[0] == generate(module.model, [b], cfg, tok)[0].tokens  # same as without the cache
-    cache.clear()
-    assert Generation(module.model, [b], cfg, tok, cache=cache) and not cache.tokens
-    with pytest.raises(GPT2KitError, match="serves one prompt at a time"):
-        Generation(module.model, [a, b], cfg, tok, cache=cache)
+    second = engine.submit(Request(b, cfg, keep_cache=True))
+    engine.run_until_idle()
+    assert second.reused == len(a) + len(reply) - 1
+    assert second.tokens == generate(module.model, [b], cfg, tok)[0].tokens  # same as without the cache
+    engine.forget()
+    third = engine.submit(Request(b, cfg, keep_cache=True))
+    engine.run_until_idle()
+    assert third.reused == 0 and third.tokens == second.tokens
+    other = engine.submit(Request(a, cfg))  # a request that does not keep its row starts afresh
+    engine.run_until_idle()
+    assert other.reused == 0 and engine.kept[0] is None
 
 
 def test_history_is_trimmed_at_the_context_limit(short_ckpt, monkeypatch, capsys, caplog):

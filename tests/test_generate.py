@@ -14,16 +14,16 @@ from gpt2kit.callbacks import JSONLWriter
 from gpt2kit.checkpoint import save_checkpoint
 from gpt2kit.cli import generate_command, main
 from gpt2kit.data import PromptDataModule
-from gpt2kit.generate import (
-    FINISHED,
-    Generation,
+from gpt2kit.decoding import (
+    Engine,
+    Request,
     SamplingConfig,
     encode_prompt,
     generate,
     sample_next,
-    stream,
     stream_text,
 )
+from gpt2kit.decoding.sampling import MatVecLinear
 from gpt2kit.lit import GPTLitModule
 from gpt2kit.nn import LearnedPosition, NoPosition
 from gpt2kit.tokenizers import EOT, CharTokenizer
@@ -94,7 +94,7 @@ def test_prompt_longer_than_context_keeps_the_most_recent_tokens(caplog):
     gpt = model(block_size=16)
     prompt = list(range(1, 41))
     cfg = SamplingConfig(max_new_tokens=5, temperature=0)
-    with caplog.at_level(logging.WARNING, logger="gpt2kit.generate"):
+    with caplog.at_level(logging.WARNING, logger="gpt2kit"):
         long = generate(gpt, [prompt], cfg)[0]
     assert "keeping its last 16 tokens" in caplog.text
     assert long.tokens == generate(gpt, [prompt[-16:]], cfg)[0].tokens
@@ -116,12 +116,10 @@ def test_last_only_applies_the_head_to_the_last_position():
     assert torch.allclose(gpt(idx, valid=valid, last_only=True), gpt(idx, valid=valid)[:, -1:], atol=1e-6)
 
 
-def test_bf16_batch_of_one_runs_linear_layers_as_matrix_vector_products():
-    from gpt2kit.generate import _MatVecLinear
-
+def test_bf16_batch_of_one_runs_linear_layers_as_matrix_vector_products(monkeypatch):
     weight, bias = torch.randn(96, 32, dtype=torch.bfloat16), torch.randn(96, dtype=torch.bfloat16)
     x = torch.randn(1, 1, 32, dtype=torch.bfloat16)
-    with _MatVecLinear():
+    with MatVecLinear():
         y = torch.nn.functional.linear(x, weight, bias)
         no_bias = torch.nn.functional.linear(x, weight)
     assert y.shape == (1, 1, 96) and torch.allclose(
@@ -130,11 +128,16 @@ def test_bf16_batch_of_one_runs_linear_layers_as_matrix_vector_products():
     assert torch.allclose(no_bias, x @ weight.T, rtol=2e-2, atol=5e-2)
     gpt = model().to(torch.bfloat16)  # and decoding with it gives the tokens of the plain path
     cfg = SamplingConfig(max_new_tokens=12, temperature=0)
-    fast = Generation(gpt, [[3, 1, 4]], cfg)
-    assert isinstance(fast.matvec, _MatVecLinear)
-    plain = Generation(gpt, [[3, 1, 4], [3, 1, 4]], cfg)  # batch 2: plain F.linear
-    list(fast), list(plain)
-    assert fast.completions()[0].tokens == plain.completions()[0].tokens
+    calls = []
+    original = MatVecLinear.__torch_function__
+    monkeypatch.setattr(MatVecLinear, "__torch_function__",
+                        lambda self, *a, **k: calls.append(1) or original(self, *a, **k))  # fmt: skip
+    fast = generate(gpt, [[3, 1, 4]], cfg)  # one row: the engine decodes through MatVecLinear
+    assert calls
+    calls.clear()
+    plain = generate(gpt, [[3, 1, 4], [3, 1, 4]], cfg)  # batch 2: plain F.linear
+    assert not calls
+    assert fast[0].tokens == plain[0].tokens
 
 
 def test_top_k_and_top_p_keep_only_the_head_of_the_distribution():
@@ -164,12 +167,9 @@ def test_stop_token_ends_only_its_row():
     free = generate(gpt, prompts, SamplingConfig(max_new_tokens=12, temperature=0))
     stop = next(t for t in free[0].tokens[2:] if t not in free[1].tokens)
     cut = free[0].tokens.index(stop)
-    run = Generation(gpt, prompts, SamplingConfig(max_new_tokens=12, temperature=0, stop_token_ids=[stop]))
-    steps = list(run)
-    out = run.completions()
+    out = generate(gpt, prompts, SamplingConfig(max_new_tokens=12, temperature=0, stop_token_ids=[stop]))
     assert out[0].tokens == free[0].tokens[:cut] and out[0].finish_reason == "stop"
     assert out[1].tokens == free[1].tokens and out[1].finish_reason == "length"
-    assert [s[0] for s in steps[cut:]] == [FINISHED] * (12 - cut)
 
 
 def test_stop_at_end_of_text_needs_the_tokenizer():
@@ -209,11 +209,13 @@ def test_seed_makes_sampling_reproducible():
 
 def test_stream_yields_token_by_token_and_restores_training_mode():
     gpt = model().train()
-    steps = list(stream(gpt, torch.tensor([[1, 2, 3]]), SamplingConfig(max_new_tokens=5, temperature=0)))
-    assert len(steps) == 5 and all(s.shape == (1, 1) for s in steps)
+    engine = Engine(gpt, max_batch=1)
+    gpt.train()
+    events = list(engine.stream(Request([1, 2, 3], SamplingConfig(max_new_tokens=5, temperature=0))))
+    assert [len(e.tokens) for e in events] == [1] * 5 and events[-1].finish_reason == "length"
     assert gpt.training
-    for _ in stream(gpt, torch.tensor([[1, 2, 3]]), SamplingConfig(max_new_tokens=3)):
-        assert not torch.is_inference_mode_enabled() and not gpt.training  # only inside each step
+    for _ in Engine(gpt, max_batch=1).stream(Request([1, 2, 3], SamplingConfig(max_new_tokens=3))):
+        assert not torch.is_inference_mode_enabled()  # only inside each step
 
 
 @pytest.mark.parametrize(
@@ -267,7 +269,7 @@ class Recorder(io.StringIO):
 def test_cli_streams_tokens_as_they_are_generated(ckpt, monkeypatch):
     out = Recorder()
     monkeypatch.setattr(sys, "stdout", out)
-    generate_command(str(ckpt), prompt="Hello", max_new_tokens=12, temperature=0)
+    generate_command(str(ckpt), prompt="Hello", sampling=SamplingConfig(max_new_tokens=12, temperature=0))
     assert out.getvalue().startswith("Hello") and out.getvalue().endswith("\n")
     grown = [len(s) for s in out.flushed]
     assert len(grown) >= 10 and grown == sorted(grown)  # one flush per token, text only grows

@@ -55,12 +55,21 @@ def test_hf_gpt2_resolves_from_the_cache_to_the_same_model(hf_home, tmp_path, mo
 
 
 def test_generate_and_import_hf_take_hub_names(hf_home, tmp_path, capsys):
-    main(
-        ["generate", "--ckpt", "hf:gpt2", "--prompt", "Hello", "--max_new_tokens", "5", "--temperature", "0"]
-    )
-    assert capsys.readouterr().out.startswith("Hello")
+    """hf:gpt2 generates what the same weights give through import-hf, and what transformers gives."""
+    greedy = ["--prompt", "Hello", "--max_new_tokens", "8", "--temperature", "0", "--stop_at_eot", "false"]
+    main(["generate", "--ckpt", "hf:gpt2", *greedy])
+    from_hub = capsys.readouterr().out
     main(["import-hf", "hf:gpt2", str(tmp_path / "gpt2.ckpt")])
-    assert load_module(tmp_path / "gpt2.ckpt").model.config.n_layer == 2
+    imported = load_module(tmp_path / "gpt2.ckpt")
+    assert imported.model.config.n_layer == 2
+    capsys.readouterr()
+    main(["generate", "--ckpt", str(tmp_path / "gpt2.ckpt"), *greedy])
+    assert capsys.readouterr().out == from_hub
+    ids = torch.tensor([imported.tokenizer.encode("Hello")])
+    with torch.no_grad():
+        reference = hf_home[1].generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                                        max_new_tokens=8, min_new_tokens=8, pad_token_id=0)  # fmt: skip
+    assert from_hub == "Hello" + imported.tokenizer.decode(reference[0, ids.shape[1] :].tolist()) + "\n"
 
 
 def test_offline_and_not_cached_is_one_line(capsys):

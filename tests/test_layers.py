@@ -20,18 +20,19 @@ LAYERS = {
     3: ["model"],
     4: ["tokenizers"],
     5: ["data", "chat.template", "chat.conversations", "chat.context"],
-    6: ["lit", "callbacks", "finetune", "optim", "resume", "hardware", "perf", "components"],
-    7: ["checkpoint", "lightning_cli", "interop"],
-    8: ["generate", "quantize", "decoding", "batching", "chat.session"],
+    # decoding: a checkpoint loaded for inference, the one engine, sampling, int8; the freeze policies and
+    # LoRA shape the model a checkpoint holds (the loader rebuilds them), so they sit here too
+    6: ["decoding", "generate", "batching", "quantize", "chat.session", "finetune"],
+    7: ["lit", "callbacks", "finetune.callback", "optim", "resume", "hardware", "perf", "components"],
+    8: ["checkpoint", "lightning_cli", "interop"],
     9: ["ablate", "chat.repl", "chat", "evaluate", "serve", "testing"],
     10: ["cli", "__main__", ""],  # "" is the package itself: gpt2kit/__init__.py, the public API
 }
 """Layer → module prefixes (relative to ``gpt2kit``); the longest matching prefix decides."""
 
-UPWARD = {
-    ("lit", "generate"): "predict_step samples completions with the generation engine",
-}
-"""The imports that still point up (no cycle), each with its reason."""
+UPWARD: dict[tuple[str, str], str] = {}
+"""The imports that still point up (no cycle), each with its reason (none left: predict_step calls the
+engine, which sits below training)."""
 
 
 def layer_of(module: str) -> int:

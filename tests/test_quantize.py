@@ -11,8 +11,8 @@ from test_generate import ckpt, model, tokenizer  # noqa: F401  (ckpt is a fixtu
 
 from gpt2kit import GPT, GPT2KitError, preset
 from gpt2kit.cli import main
+from gpt2kit.decoding import Engine, Request, SamplingConfig, generate
 from gpt2kit.finetune import LoRALinear
-from gpt2kit.generate import Generation, PromptCache, SamplingConfig, generate
 from gpt2kit.nn import SwiGLUMLP, UntiedLMHead
 from gpt2kit.quantize import Int8Linear, Int8TiedLMHead, check_engine, quantize_int8
 
@@ -58,14 +58,17 @@ def test_int8_generation_tracks_float_and_serves_a_prompt_cache():
     assert generate(int8, [prompt], cfg)[0].tokens[:4] == ref[:4]
     batch = generate(int8, [prompt, tok.encode("Hi")], cfg)  # a left-padded batch runs too
     assert len(batch[0].tokens) == len(batch[1].tokens) == 8
-    cache, short = PromptCache(), dataclasses.replace(cfg, max_new_tokens=6)  # all within the context
-    first = Generation(int8, [prompt], short, cache=cache)
-    list(first)
-    follow = prompt + first.completions()[0].tokens + tok.encode("Hi")
-    again = Generation(int8, [follow], short, cache=cache)
-    list(again)
-    assert cache.reused == len(prompt) + 5  # the prompt and the first 5 new tokens came from the cache
-    assert again.completions()[0].tokens == generate(int8, [follow], short)[0].tokens
+    engine, short = (
+        Engine(int8, max_batch=1),
+        dataclasses.replace(cfg, max_new_tokens=6),
+    )  # within the context
+    first = engine.submit(Request(prompt, short, keep_cache=True))
+    engine.run_until_idle()
+    follow = prompt + first.tokens + tok.encode("Hi")
+    again = engine.submit(Request(follow, short, keep_cache=True))
+    engine.run_until_idle()
+    assert again.reused == len(prompt) + 5  # the prompt and the first 5 new tokens came from the kept row
+    assert again.tokens == generate(int8, [follow], short)[0].tokens
 
 
 def test_int8_needs_the_x86_engine_and_a_cpu_float_model():

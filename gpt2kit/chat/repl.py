@@ -14,9 +14,10 @@ from __future__ import annotations
 import contextlib
 import sys
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Literal, TextIO
+from typing import TYPE_CHECKING, TextIO
 
-from gpt2kit.errors import GPT2KitError
+from gpt2kit.config import SamplingConfig
+from gpt2kit.decoding.loaded import Dtype
 
 if TYPE_CHECKING:
     from gpt2kit.chat.session import ChatSession
@@ -33,14 +34,9 @@ def chat_command(
     ckpt: str,
     system: str | None = None,
     message: str | list[str] | None = None,
-    max_new_tokens: int = 128,
-    temperature: float = 0.7,
-    top_k: int | None = 50,
-    top_p: float | None = 0.9,
-    repetition_penalty: float = 1.1,
-    seed: int | None = None,
+    sampling: SamplingConfig | None = None,
     device: str = "cpu",
-    dtype: Literal["float32", "bfloat16", "float16", "int8"] = "float32",
+    dtype: Dtype = "float32",
     template: str | None = None,
     show_prompt: bool = False,
 ) -> None:
@@ -52,12 +48,8 @@ def chat_command(
         message: a user message to send, printing the reply (non-interactive), or a JSON list of
             messages to send in turn (``--message '["Hi!", "And you?"]'``); without it, messages are
             read from the terminal, or one per line from stdin.
-        max_new_tokens: the longest reply, in tokens.
-        temperature: softmax temperature; 0 is greedy.
-        top_k: sample among the k most likely tokens (None: all).
-        top_p: nucleus sampling threshold in (0, 1] (None: off).
-        repetition_penalty: > 1 makes tokens already in the conversation less likely (1: off).
-        seed: seed for reproducible replies.
+        sampling: the sampling options (--temperature, --top_k, ..., the same as generate's; see
+            docs/generation.md); the checkpoint's recommended values replace the defaults left unchanged.
         device: torch device to run on (cpu, cuda, cuda:1, mps).
         dtype: weight dtype; bfloat16 halves the bytes read per token, int8 (CPU) quarters them.
         template: a registered chat template to use instead of the checkpoint's (it must be the one the
@@ -66,37 +58,19 @@ def chat_command(
             cache) on stderr.
     """
     from gpt2kit.chat.session import ChatSession
-    from gpt2kit.chat.template import ChatTemplate
-    from gpt2kit.decoding import load_for_decoding
-    from gpt2kit.generate import SamplingConfig
+    from gpt2kit.decoding.loaded import load_for_inference
+    from gpt2kit.interop.hub import resolve_checkpoint
 
-    sampling = SamplingConfig(
-        max_new_tokens=max_new_tokens,
-        temperature=temperature,
-        top_k=top_k,
-        top_p=top_p,
-        repetition_penalty=repetition_penalty,
-        seed=seed,
-    )
-    module, model = load_for_decoding(ckpt, device, dtype)
-    if module.tokenizer is None:
-        raise GPT2KitError(
-            f"checkpoint {ckpt} carries no tokenizer: it was not trained by gpt2kit as a chatbot"
-        )
+    loaded = load_for_inference(resolve_checkpoint(ckpt), device, dtype)
+    tokenizer = loaded.require_tokenizer("to chat with")
     if template is not None:
         from gpt2kit.chat.template import CHAT_TEMPLATE
 
         chat_template = CHAT_TEMPLATE.build(template)
-    elif module.chat_template is not None:
-        chat_template = ChatTemplate.from_dict(module.chat_template)
     else:
-        raise GPT2KitError(
-            f"checkpoint {ckpt} was trained without a chat template, so it knows no turns to reply in: "
-            f"fine-tune it into a chatbot first, e.g. `python -m gpt2kit fit --config recipes/chat/topical-chat.yaml "
-            f"--model.init_from {ckpt} --data.init_args.tokenizer.init_args.path {ckpt}` (with the model "
-            "settings of its run), then chat with the checkpoint that run writes"
-        )
-    session = ChatSession(model, module.tokenizer, chat_template, sampling, system=system)
+        chat_template = loaded.require_chat_template()
+    model, sampling = loaded.model, loaded.sampling(sampling)
+    session = ChatSession(model, tokenizer, chat_template, sampling, system=system)
     if message:
         run(session, [message] if isinstance(message, str) else message, sys.stdout, show_prompt=show_prompt)
     elif sys.stdin.isatty():

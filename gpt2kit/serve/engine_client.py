@@ -1,4 +1,4 @@
-"""The server's one door to the decoding engine: every call into ``gpt2kit.batching`` / ``gpt2kit.generate``.
+"""The server's one door to the decoding engine (:mod:`gpt2kit.decoding`): loading, prompts, submitting, hearing back.
 
 The rest of ``gpt2kit.serve`` speaks HTTP and OpenAI's format; this module turns an accepted request into
 engine requests and hands their events to the event loop. Each engine request travels with a
@@ -17,13 +17,23 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gpt2kit.batching import TTFT_BUCKETS, BatchingEngine, EngineStats, EngineStopped, Event, QueueFull
-from gpt2kit.batching import Request as EngineRequest
-from gpt2kit.batching import TokenLogprob as TokenLogprob
 from gpt2kit.chat.context import turns_to_drop
 from gpt2kit.chat.template import ChatEncoder, ChatTemplate, Message
+from gpt2kit.decoding import (
+    Engine,
+    EngineStats,
+    EngineStopped,
+    Event,
+    QueueFull,
+    SamplingConfig,
+    TokenLogprob,
+    encode_prompt,
+    load_for_inference,
+)
+from gpt2kit.decoding import Request as EngineRequest
+from gpt2kit.decoding.engine import TTFT_BUCKETS
 from gpt2kit.errors import GPT2KitError
-from gpt2kit.generate import SamplingConfig, encode_prompt
+from gpt2kit.interop.hub import resolve_checkpoint
 from gpt2kit.serve.protocol import ApiError
 from gpt2kit.tokenizers import Tokenizer
 
@@ -34,7 +44,7 @@ __all__ = ["TTFT_BUCKETS", "EngineStats", "Event", "Pending", "ServedModel", "To
 class ServedModel:
     """What the server serves: the engine, the tokenizer, and the chat template if the model has one."""
 
-    engine: BatchingEngine
+    engine: Engine
     tokenizer: Tokenizer
     name: str
     template: ChatTemplate | None = None
@@ -118,17 +128,10 @@ def load_served_model(
     ckpt: str, device: str, dtype: str, max_batch: int, max_queue: int, name: str | None
 ) -> ServedModel:
     """A checkpoint's model in ``dtype`` behind a batching engine, with its tokenizer and template."""
-    from gpt2kit.decoding import load_for_decoding
-
-    module, model = load_for_decoding(ckpt, device, dtype)
-    if module.tokenizer is None:
-        raise GPT2KitError(
-            f"checkpoint {ckpt} carries no tokenizer to read prompts with: "
-            "re-import it with `import-hf ... --tokenizer tokenizer.json`"
-        )
-    template = ChatTemplate.from_dict(module.chat_template) if module.chat_template is not None else None
-    engine = BatchingEngine(model, module.tokenizer, max_batch=max_batch, max_queue=max_queue)
-    return ServedModel(engine, module.tokenizer, name or Path(ckpt).stem, template)
+    loaded = load_for_inference(resolve_checkpoint(ckpt), device, dtype)
+    tokenizer = loaded.require_tokenizer()
+    engine = Engine(loaded.model, tokenizer, max_batch=max_batch, max_queue=max_queue)
+    return ServedModel(engine, tokenizer, name or Path(ckpt).stem, loaded.chat_template)
 
 
 # -- prompts --------------------------------------------------------------------------------------------------
@@ -187,6 +190,8 @@ def submit(served: ServedModel, prompts: list[list[int]], n: int, opts: Options,
             top_k=opts.top_k,
             top_p=opts.top_p if opts.top_p < 1.0 else None,
             repetition_penalty=opts.repetition_penalty,
+            presence_penalty=opts.presence_penalty,
+            frequency_penalty=opts.frequency_penalty,
             stop=opts.stop,
             stop_token_ids=list(opts.stop_ids),
             seed=opts.seed,
@@ -203,8 +208,6 @@ def submit(served: ServedModel, prompts: list[list[int]], n: int, opts: Options,
                 p,
                 dataclasses.replace(cfg, seed=seed),
                 _bridge(loop, queue),
-                presence_penalty=opts.presence_penalty,
-                frequency_penalty=opts.frequency_penalty,
                 logprobs=opts.logprobs,
                 prompt_logprobs=opts.echo and opts.logprobs is not None,
             )

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Collection, Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from typing import Any, Literal
 
 from gpt2kit.errors import GPT2KitError
@@ -144,18 +144,6 @@ class Tokenizer:
     def eot_id(self) -> int | None:
         """The end-of-text id that separates documents, if the tokenizer has one."""
         return self.token_id(EOT)
-
-    def decode_stream(self, ids: Iterable[int]) -> Iterator[str]:
-        """Decode ids one at a time, yielding text as soon as it is complete (for streaming)."""
-        buffer: list[int] = []
-        for i in ids:
-            buffer.append(i)
-            text = self.decode(buffer)
-            if not text.endswith("\ufffd"):  # an incomplete multi-byte character waits for the rest
-                buffer = []
-                yield text
-        if buffer:
-            yield self.decode(buffer)
 
     # -- serialisation -------------------------------------------------------------------------------
     @property
