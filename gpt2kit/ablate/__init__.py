@@ -24,6 +24,7 @@ from collections.abc import Sequence
 
 import lightning as L
 
+from gpt2kit.ablate.launcher import LAUNCHERS
 from gpt2kit.ablate.report import collect, write_csv, write_plot, write_report
 from gpt2kit.ablate.runner import run_all
 from gpt2kit.ablate.study import Run, Study, load_study, plan
@@ -42,11 +43,20 @@ class RunRecord(L.Callback):
       stopped it), as a metric (``metrics.csv``): a resumed run's sessions add up, and the time to start
       Python or read the config is not counted, so runs in this process and in subprocesses compare.
 
+    And when a run is stopped by a SIGTERM (a ``kill``, a cancelled, preempted or timed-out SLURM job),
+    which Lightning turns into a clean stop at the end of the step, it saves ``last_checkpoint`` there:
+    the resumed run loses no step and ends with the same weights as an uninterrupted one.
+
     The ablation runner adds it to every run's callbacks.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, last_checkpoint: str | None = None) -> None:
+        """
+        Args:
+            last_checkpoint: where to save the state when a SIGTERM stops the run (None: nothing saved).
+        """
         self._start: float | None = None
+        self.last_checkpoint = last_checkpoint
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._start = time.perf_counter()
@@ -72,16 +82,39 @@ class RunRecord(L.Callback):
         self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
     ) -> None:
         self._log_time(trainer)
+        from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+        # Raised between two steps (every rank agrees on it): a consistent state to resume from.
+        if isinstance(exception, SIGTERMException) and self.last_checkpoint is not None:
+            trainer.save_checkpoint(self.last_checkpoint)
+            log.info(
+                "ablate: stopped by SIGTERM at step %d; saved %s", trainer.global_step, self.last_checkpoint
+            )
 
 
-def ablate(study: Study, parallel: int = 1, *, dry_run: bool = False, report_only: bool = False) -> list[Run]:
-    """Run a study (skipping finished runs, resuming unfinished ones) and write its report."""
+def ablate(
+    study: Study,
+    parallel: int = 1,
+    *,
+    dry_run: bool = False,
+    report_only: bool = False,
+    launcher: str = "local",
+    wait: bool = False,
+) -> list[Run]:
+    """Run a study (skipping finished runs, resuming unfinished ones) and write its report.
+
+    ``launcher="slurm"`` submits the runs that are not done, queued or running as one SLURM job array
+    (:mod:`gpt2kit.ablate.slurm`) and returns; with ``wait`` it waits for them to end. The report is
+    written either way, from whatever the runs have logged so far.
+    """
     from gpt2kit.registry import export_plugins, load_plugins
 
+    if launcher not in LAUNCHERS:
+        raise GPT2KitError(f"launcher '{launcher}' is not one of {', '.join(LAUNCHERS)}")
     if parallel < 1:
         raise GPT2KitError(f"parallel={parallel}: give the number of runs to train at once (1 or more)")
     load_plugins(study.plugins, entry_points=False)  # entry points are loaded already (cli.main)
-    export_plugins(study.plugins)  # the runs started in subprocesses (--parallel) need them too
+    export_plugins(study.plugins)  # the runs started in subprocesses (--parallel, SLURM jobs) need them too
     runs = plan(study)
     bad = sorted({(r.variant, r.error) for r in runs if r.error is not None})
     for variant, error in bad:
@@ -93,18 +126,27 @@ def ablate(study: Study, parallel: int = 1, *, dry_run: bool = False, report_onl
     study.out_dir.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(study.path, study.out_dir / "study.yaml")
     finished = True
-    if not report_only:
+    if not report_only and launcher == "local":
         finished = run_all(runs, parallel)
+    elif not report_only:
+        from gpt2kit.ablate import slurm
+
+        slurm.submit(study, runs)
+        finished = slurm.wait(runs) if wait else False
+    write_study_report(study, runs)
+    results = collect(runs)
+    done = sum(r.status == "done" for r in results)
+    how = "" if finished else " (interrupted)" if launcher == "local" else " (the others are SLURM's)"
+    log.info("ablate: %d of %d runs done%s; report: %s", done, len(results), how, study.out_dir / "report.md")
+    return runs
+
+
+def write_study_report(study: Study, runs: Sequence[Run]) -> None:
+    """results.csv, report.md and plot.png from what the runs have logged."""
     results = collect(runs)
     write_csv(results, study.out_dir / "results.csv")
     plotted = write_plot(study, results, study.out_dir / "plot.png")
     write_report(study, results, study.out_dir / "report.md", "plot.png" if plotted else None)
-    done = sum(r.status == "done" for r in results)
-    log.info(
-        "ablate: %d of %d runs done%s; report: %s",
-        done, len(results), "" if finished else " (interrupted)", study.out_dir / "report.md",
-    )  # fmt: skip
-    return runs
 
 
 def plan_summary(study: Study, runs: Sequence[Run]) -> str:
@@ -141,17 +183,65 @@ def ablate_command(args: Sequence[str]) -> None:
     parser = CommandParser(prog="python -m gpt2kit ablate", description=ablate_command.__doc__)
     parser.add_argument("--config", required=True, help="the study file (see recipes/ablations/)")
     parser.add_argument(
+        "--launcher",
+        choices=LAUNCHERS,
+        default="local",
+        help="local: train here (--parallel runs at once); slurm: submit the runs that are not done, queued "
+        "or running as one SLURM job array (the study's launcher: block says what each asks for)",
+    )
+    parser.add_argument(
         "--parallel",
         type=int,
-        default=1,
+        default=None,
         help="runs to train at once: 1 runs them one after another in this process; N > 1 in N subprocesses "
-        "that share the CPU cores (OMP_NUM_THREADS), one GPU each when there are several",
+        "that share the CPU cores (OMP_NUM_THREADS), one GPU each when there are several. With --launcher "
+        "slurm: the most jobs of the array running at once (launcher: max_parallel)",
     )
     parser.add_argument("--out_dir", help="folder of the runs and the report (default: the study's out_dir)")
-    parser.add_argument("--dry_run", action="store_true", help="list the runs and their commands, then stop")
+    parser.add_argument(
+        "--dry_run",
+        action="store_true",
+        help="list the runs and their commands, then stop (--launcher slurm: print the sbatch script too)",
+    )
     parser.add_argument("--report_only", action="store_true", help="rewrite the report from the runs there")
+    parser.add_argument(
+        "--wait", action="store_true", help="--launcher slurm: wait for the jobs, then report"
+    )
+    parser.add_argument(
+        "--status",
+        action="store_true",
+        help="--launcher slurm: one line per run (state, step, job id, error)",
+    )
+    parser.add_argument("--cancel", action="store_true", help="--launcher slurm: scancel the study's jobs")
     cfg = parser.parse_args(list(args))
     study = load_study(cfg.config, cfg.out_dir)
-    runs = ablate(study, cfg.parallel, dry_run=cfg.dry_run, report_only=cfg.report_only)
+    slurm_only = [f"--{k}" for k in ("wait", "status", "cancel") if getattr(cfg, k)]
+    if slurm_only and cfg.launcher != "slurm":
+        raise GPT2KitError(f"{slurm_only[0]} is for SLURM studies: add --launcher slurm")
+    if cfg.launcher == "slurm" and cfg.parallel is not None:
+        study.launcher.max_parallel = cfg.parallel
+    if cfg.status or cfg.cancel:
+        from gpt2kit.ablate import slurm
+
+        runs = plan(study)
+        if cfg.cancel:
+            jobs = slurm.cancel(runs)
+            log.info("ablate: cancelled %d job(s)%s", len(jobs), f": {' '.join(jobs)}" if jobs else "")
+        sys.stdout.write(slurm.status_lines(runs))
+        return
+    runs = ablate(
+        study,
+        cfg.parallel or 1,
+        dry_run=cfg.dry_run,
+        report_only=cfg.report_only,
+        launcher=cfg.launcher,
+        wait=cfg.wait,
+    )
     if cfg.dry_run:
         sys.stdout.write(plan_summary(study, runs))
+        if cfg.launcher == "slurm":
+            from gpt2kit.ablate import slurm
+
+            todo = [r for r in runs if r.config is not None]
+            sys.stdout.write(f"\n# the sbatch script (one array of {len(todo)} runs):\n")
+            sys.stdout.write(slurm.sbatch_script(study, todo, study.launcher.partition))

@@ -33,12 +33,13 @@ from typing import Any
 
 import yaml
 
+from gpt2kit.ablate.launcher import LauncherOptions, parse_launcher
 from gpt2kit.errors import GPT2KitError, user_error
 from gpt2kit.spec import describe
 
 KEYS = (
     "name", "base", "out_dir", "seeds", "overrides", "variants", "grid", "baseline", "reference", "plugins",
-    "metric",
+    "metric", "launcher",
 )  # fmt: skip
 SEED_KEYS = ("seed_everything", "data.init_args.seed")
 """Where a run's seed goes: the global seed (initialisation, dropout) and the data's (window order)."""
@@ -102,6 +103,8 @@ class Study:
     reference: str | None = None
     """A second variant every other is compared with (Δ and p): in a study that removes one ingredient
     at a time from a full recipe, the full recipe."""
+    launcher: LauncherOptions = field(default_factory=LauncherOptions)
+    """What each run asks a cluster for under ``ablate --launcher slurm`` (the ``launcher:`` block)."""
 
 
 def _one_of(value: Any, kind: type | tuple[type, ...], what: str, example: str) -> Any:
@@ -179,6 +182,7 @@ def load_study(path: str | Path, out_dir: str | Path | None = None) -> Study:
         plugins=[str(p) for p in plugins],
         metric=metric,
         reference=reference,
+        launcher=parse_launcher(raw.get("launcher"), f"{path}: launcher"),
     )
 
 
@@ -439,7 +443,12 @@ def place(config: dict[str, Any], run_dir: Path) -> dict[str, Any]:
                 "init_args": {"dirpath": checkpoints, "every_n_train_steps": every},
             }
         )
-    callbacks.append({"class_path": "gpt2kit.ablate.RunRecord"})
+    callbacks.append(
+        {
+            "class_path": "gpt2kit.ablate.RunRecord",
+            "init_args": {"last_checkpoint": str(Path(checkpoints) / "last.ckpt")},
+        }
+    )
     trainer["callbacks"] = callbacks
     return config
 
