@@ -189,6 +189,8 @@ def sbatch_script(study: Study, runs: Sequence[Run], partition: str | None = Non
     """The sbatch script a submission of ``runs`` writes (one job array); needs no cluster."""
     import shlex
 
+    _need_submitit()
+
     from submitit.slurm.slurm import _make_sbatch_string  # what SlurmExecutor writes; no public dry run
 
     folder = _submitit_folder(study) / "%j"
@@ -271,8 +273,18 @@ def _runs_to_submit(runs: Sequence[Run]) -> tuple[list[Run], list[tuple[Run, str
     return todo, skipped
 
 
+def _need_submitit() -> None:
+    try:
+        import submitit  # noqa: F401
+    except ImportError:
+        raise GPT2KitError(
+            "--launcher slurm needs submitit: pip install 'gpt2kit[slurm]' (or pip install submitit)"
+        ) from None
+
+
 def submit(study: Study, runs: Sequence[Run]) -> list[Run]:
     """Submit, as one job array, every run that is neither done nor queued nor running; returns them."""
+    _need_submitit()
     check_unchanged(runs)
     for run in runs:
         if run.config is None:
