@@ -17,7 +17,7 @@ set -euo pipefail
 DIR="${GPT2KIT_SLURM_DIR:-/tmp/gpt2kit-slurm}"
 PORT="${GPT2KIT_SLURM_PORT:-6817}"
 CONF="$DIR/slurm.conf"
-NODE=gpt2kit-node
+NODE="$(hostname -s)"  # its name must resolve: DDP ranks meet at the first node of SLURM_NODELIST
 MUNGE_KEY=/etc/munge/munge.key
 
 die() { echo "local-slurm: $*" >&2; exit 1; }
@@ -85,7 +85,7 @@ KillWait=30
 MinJobAge=600
 SchedulerParameters=sched_interval=2
 MessageTimeout=20
-NodeName=$NODE NodeHostname=$(hostname -s) NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem_mb State=UNKNOWN
+NodeName=$NODE NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem_mb State=UNKNOWN
 PartitionName=debug Nodes=$NODE Default=YES MaxTime=INFINITE State=UP
 EOF
 }
@@ -110,6 +110,8 @@ up() {
         echo "local-slurm: already up; export SLURM_CONF=$CONF"
         return
     fi
+    getent hosts "$NODE" >/dev/null || die "this machine's name '$NODE' does not resolve (add it to /etc/hosts): \
+the ranks of a multi-task job meet at it"
     down >/dev/null
     mkdir -p "$DIR/state" "$DIR/spool" "$DIR/munge"
     chmod 755 "$DIR"

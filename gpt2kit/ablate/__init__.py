@@ -100,12 +100,13 @@ def ablate(
     report_only: bool = False,
     launcher: str = "local",
     wait: bool = False,
+    wait_timeout_s: float | None = None,
 ) -> list[Run]:
     """Run a study (skipping finished runs, resuming unfinished ones) and write its report.
 
     ``launcher="slurm"`` submits the runs that are not done, queued or running as one SLURM job array
-    (:mod:`gpt2kit.ablate.slurm`) and returns; with ``wait`` it waits for them to end. The report is
-    written either way, from whatever the runs have logged so far.
+    (:mod:`gpt2kit.ablate.slurm`) and returns; with ``wait`` it waits for them to end (at most
+    ``wait_timeout_s``, if given). The report is written either way, from whatever the runs have logged.
     """
     from gpt2kit.registry import export_plugins, load_plugins
 
@@ -132,7 +133,7 @@ def ablate(
         from gpt2kit.ablate import slurm
 
         slurm.submit(study, runs)
-        finished = slurm.wait(runs) if wait else False
+        finished = slurm.wait(runs, timeout_s=wait_timeout_s) if wait else False
     write_study_report(study, runs)
     results = collect(runs)
     done = sum(r.status == "done" for r in results)

@@ -25,6 +25,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -208,6 +209,8 @@ def _check_tasks(study: Study, runs: Sequence[Run]) -> None:
     for run in runs:
         trainer = (run.config or {}).get("trainer") or {}
         devices, num_nodes = trainer.get("devices"), trainer.get("num_nodes") or 1
+        if isinstance(devices, str) and devices.isdigit():  # the CLI keeps "2" as given
+            devices = int(devices)
         per_node = devices if isinstance(devices, int) and devices > 0 else None
         several = opts.tasks > 1 or (per_node or 1) * num_nodes > 1
         if several and (per_node != opts.tasks_per_node or num_nodes != opts.nodes):
@@ -403,7 +406,14 @@ class FitJob:
     def __init__(self, run: Run) -> None:
         self.run = run
         self._proc: subprocess.Popen | None = None
+        self._exited: threading.Event | None = None
         self._start: float | None = None
+
+    def __getstate__(self) -> dict[str, Any]:  # pickled by submitit: the run is all a job needs
+        return {"run": self.run}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["run"])
 
     def __call__(self) -> str:
         import submitit
@@ -418,10 +428,16 @@ class FitJob:
         cmd = [sys.executable, "-m", "gpt2kit", *fit_args(run, ["--trainer.enable_progress_bar=false"])]
         log_file = run.dir / ("train.log" if rank == 0 else f"train.rank{rank}.log")
         with open(log_file, "a") as out:
-            self._proc = subprocess.Popen(
+            proc = subprocess.Popen(
                 cmd, stdout=out, stderr=subprocess.STDOUT, env=child_env, preexec_fn=_ignore_requeue_signals
             )
-            returncode = self._proc.wait()
+            self._proc, self._exited = proc, threading.Event()
+            # Waited for in a thread: the requeue signal's handler (checkpoint(), in this thread) must not
+            # contend for Popen's wait lock, which a main thread blocked in wait() holds.
+            threading.Thread(target=lambda: (proc.wait(), self._exited.set()), daemon=True).start()
+            while not self._exited.wait(1.0):
+                pass
+        returncode = proc.returncode
         if rank != 0:
             if returncode != 0:
                 raise RuntimeError(f"rank {rank} exited with status {returncode} (see {log_file})")
@@ -440,14 +456,12 @@ class FitJob:
         the run as requeued, and hand submitit the same job to requeue; it resumes from ``last.ckpt``."""
         import submitit
 
-        proc = self._proc
-        if proc is not None and proc.poll() is None:
+        proc, exited = self._proc, self._exited
+        if proc is not None and exited is not None and not exited.is_set():
             proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:  # lose the steps since the last periodic save, not the run
+            if not exited.wait(60):  # lose the steps since the last periodic save, not the run
                 proc.kill()
-                proc.wait()
+                exited.wait(10)
         if self._start is not None:
             _finish(self.run, self._start, QUEUED, "requeued")
             write_state(self.run, requeues=read_state(self.run).get("requeues", 0) + 1)
