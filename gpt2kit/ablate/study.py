@@ -12,6 +12,7 @@
     grid:                                     # ... and/or every combination of these values
       model.optim.lr: [1.0e-3, 3.0e-3]
     baseline: learned
+    launcher: {partition: gpu, time: "02:00:00", gpus_per_node: 1}   # for --launcher slurm (ablate/launcher.py)
 
 Every run is resolved here, through the same parser as ``fit``, into a complete config: a bad key or
 value is found before anything trains. The config keeps the recipe's settings except where a run must
