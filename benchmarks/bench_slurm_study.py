@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -83,6 +84,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--out", default="/tmp/bench-slurm")
     parser.add_argument("--skip_study", action="store_true", help="only the requeue timing")
+    parser.add_argument("--skip_requeue", action="store_true", help="only the study timings")
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="local, SLURM, SLURM, local, ...: drift cancels"
+    )
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -92,18 +97,18 @@ def main() -> None:
 
     if not args.skip_study:
         n = args.variants * args.seeds
-        local = ablate(
-            "--config", str(study(out, "local", args.variants, args.seeds, args.steps)), "--parallel", "2"
-        )
-        slurm = ablate(
-            "--config",
-            str(study(out, "slurm", args.variants, args.seeds, args.steps)),
-            "--launcher",
-            "slurm",
-            "--wait",
-        )
-        print(f"study of {n} runs x {args.steps} steps: local --parallel 2 {local:.1f} s; SLURM {slurm:.1f} s "
-              f"({(slurm - local) / n:+.1f} s per run)")  # fmt: skip
+        times: dict[str, list[float]] = {"local": [], "slurm": []}
+        for r in range(args.rounds):
+            order = ("local", "slurm") if r % 2 == 0 else ("slurm", "local")
+            for launcher in order:
+                path = study(out, f"{launcher}{r}", args.variants, args.seeds, args.steps)
+                how = ["--parallel", "2"] if launcher == "local" else ["--launcher", "slurm", "--wait"]
+                times[launcher].append(ablate("--config", str(path), *how))
+        local, slurm = statistics.median(times["local"]), statistics.median(times["slurm"])
+        print(f"study of {n} runs x {args.steps} steps, median of {args.rounds}: local --parallel 2 {local:.1f} s "
+              f"{times['local']}; SLURM {slurm:.1f} s {times['slurm']} ({(slurm - local) / n:+.1f} s per run)")  # fmt: skip
+    if args.skip_requeue:
+        return
 
     progress = out / "progress"
     progress.unlink(missing_ok=True)
