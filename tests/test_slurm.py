@@ -178,7 +178,12 @@ def test_study_through_slurm_equals_local(cluster, caplog):
 def test_signalled_job_is_requeued_and_resumes_to_the_same_weights(cluster, capsys):
     progress = cluster / "progress"
     slow = {"class_path": "slurm_helpers.Progress", "init_args": {"path": str(progress), "sleep_s": 0.5}}
-    overrides = {"trainer.callbacks": [slow], "trainer.max_steps": 12, "trainer.val_check_interval": 6}
+    # No periodic last.ckpt within the run's 12 steps: it resumes from what the stop saved, or from nothing.
+    rare = {
+        "class_path": "gpt2kit.resume.LastCheckpoint",
+        "init_args": {"dirpath": "x", "every_n_train_steps": 100},
+    }
+    overrides = {"trainer.callbacks": [slow, rare], "trainer.max_steps": 12, "trainer.val_check_interval": 6}
     path = write_study(cluster, "signalled", seeds=[1], variants={"gpt2": {}}, overrides=overrides)
     study = load_study(path)
     ablate(study, launcher="slurm")

@@ -21,6 +21,7 @@ import shutil
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import lightning as L
 
@@ -75,6 +76,25 @@ class RunRecord(L.Callback):
         for logger in trainer.loggers:
             logger.log_metrics({"fit_time_s": seconds}, step=trainer.global_step)
 
+    def _save_last(self, trainer: L.Trainer) -> None:
+        """Through the callback that keeps ``last.ckpt`` (the run's config always has one), so that it
+        knows the file as its own: saved by anyone else, the resumed run would write ``last-v1.ckpt``."""
+        from lightning.pytorch.callbacks import ModelCheckpoint
+
+        target = Path(self.last_checkpoint).resolve()
+        for cb in trainer.checkpoint_callbacks:
+            if (
+                isinstance(cb, ModelCheckpoint)
+                and cb.save_last
+                and cb.dirpath
+                and Path(cb.dirpath).resolve() == target.parent
+            ):
+                cb._save_last_checkpoint(
+                    trainer, cb._monitor_candidates(trainer)
+                )  # as LastCheckpoint does at the end
+                return
+        trainer.save_checkpoint(target)
+
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._log_time(trainer)
 
@@ -86,7 +106,7 @@ class RunRecord(L.Callback):
 
         # Raised between two steps (every rank agrees on it): a consistent state to resume from.
         if isinstance(exception, SIGTERMException) and self.last_checkpoint is not None:
-            trainer.save_checkpoint(self.last_checkpoint)
+            self._save_last(trainer)
             log.info(
                 "ablate: stopped by SIGTERM at step %d; saved %s", trainer.global_step, self.last_checkpoint
             )
