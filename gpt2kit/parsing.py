@@ -16,11 +16,11 @@ from typing import NoReturn
 
 from jsonargparse import ArgumentParser, set_parsing_settings
 
-# A dataclass field's docstring (the line under it) is its --help text, as for SamplingConfig's options.
-set_parsing_settings(docstring_parse_attribute_docstrings=True)
-
 from gpt2kit.errors import GPT2KitError, user_error
 from gpt2kit.registry import kinds, registry
+
+# A dataclass field's docstring (the line under it) is its --help text, as for SamplingConfig's options.
+set_parsing_settings(docstring_parse_attribute_docstrings=True)
 
 
 def readable(message: str) -> str:

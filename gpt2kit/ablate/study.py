@@ -12,6 +12,7 @@
     grid:                                     # ... and/or every combination of these values
       model.optim.lr: [1.0e-3, 3.0e-3]
     baseline: learned
+    launcher: {partition: gpu, time: "02:00:00", gpus_per_node: 1}   # for --launcher slurm (ablate/launcher.py)
 
 Every run is resolved here, through the same parser as ``fit``, into a complete config: a bad key or
 value is found before anything trains. The config keeps the recipe's settings except where a run must
@@ -34,12 +35,13 @@ from typing import Any
 
 import yaml
 
+from gpt2kit.ablate.launcher import LauncherOptions, parse_launcher
 from gpt2kit.errors import GPT2KitError, user_error
 from gpt2kit.spec import describe
 
 KEYS = (
     "name", "base", "out_dir", "seeds", "overrides", "variants", "grid", "baseline", "reference", "plugins",
-    "metric", "target",
+    "metric", "target", "launcher",
 )  # fmt: skip
 SEED_KEYS = ("seed_everything", "data.init_args.seed")
 """Where a run's seed goes: the global seed (initialisation, dropout) and the data's (window order)."""
@@ -107,6 +109,8 @@ class Study:
     reference: str | None = None
     """A second variant every other is compared with (Δ and p): in a study that removes one ingredient
     at a time from a full recipe, the full recipe."""
+    launcher: LauncherOptions = field(default_factory=LauncherOptions)
+    """What each run asks a cluster for under ``ablate --launcher slurm`` (the ``launcher:`` block)."""
 
 
 def _one_of(value: Any, kind: type | tuple[type, ...], what: str, example: str) -> Any:
@@ -192,6 +196,7 @@ def load_study(path: str | Path, out_dir: str | Path | None = None) -> Study:
         metric=metric,
         target=None if target is None else float(target),
         reference=reference,
+        launcher=parse_launcher(raw.get("launcher"), f"{path}: launcher"),
     )
 
 
@@ -452,7 +457,12 @@ def place(config: dict[str, Any], run_dir: Path) -> dict[str, Any]:
                 "init_args": {"dirpath": checkpoints, "every_n_train_steps": every},
             }
         )
-    callbacks.append({"class_path": "gpt2kit.ablate.RunRecord"})
+    callbacks.append(
+        {
+            "class_path": "gpt2kit.ablate.RunRecord",
+            "init_args": {"last_checkpoint": str(Path(checkpoints) / "last.ckpt")},
+        }
+    )
     trainer["callbacks"] = callbacks
     return config
 
