@@ -197,17 +197,14 @@ def _cpu_flags() -> frozenset[str]:
 
 
 def cpu_has_native_bf16() -> bool:
-    """Whether this CPU multiplies bfloat16 matrices in hardware.
+    """Whether this CPU multiplies bfloat16 matrices in hardware: x86's AVX512-BF16 or AMX-BF16, Arm's BF16.
 
-    x86: AVX512-BF16 or AMX-BF16, with torch running its AVX-512 kernels
-    (``torch.backends.cpu.get_cpu_capability()``; ``ATEN_CPU_CAPABILITY=avx2`` turns them off); Arm: the
-    BF16 extension. Elsewhere (no /proc/cpuinfo) False. Without it torch emulates bfloat16 matrix products,
-    about 10x slower than float32 ones.
+    Read from /proc/cpuinfo's flags (False where there is none: macOS, Windows), not from
+    ``torch.backends.cpu.get_cpu_capability()``: the matrix products run in oneDNN, which picks its
+    instructions from the CPU itself (``ATEN_CPU_CAPABILITY=avx2`` does not turn its bfloat16 ones off).
+    Without them torch emulates bfloat16 products, about 10x slower than float32 ones.
     """
-    flags = _cpu_flags()
-    if {"avx512_bf16", "amx_bf16"} & flags:
-        return torch.backends.cpu.get_cpu_capability() in ("AVX512", "AMX")
-    return "bf16" in flags  # aarch64's Features line
+    return bool({"avx512_bf16", "amx_bf16", "bf16"} & _cpu_flags())  # bf16: aarch64's Features line
 
 
 def orthogonalization_dtype(device: torch.device | str) -> torch.dtype:

@@ -241,11 +241,12 @@ def test_muon_adamw_steps_as_muon_and_adamw_side_by_side():
 def test_orthogonalization_dtype_follows_the_hardware(monkeypatch):
     monkeypatch.setattr(optim, "_cpu_flags", lambda: frozenset({"avx2", "fma"}))  # e.g. AMD Zen 2/3
     assert orthogonalization_dtype("cpu") == torch.float32  # bfloat16 would be emulated
-    monkeypatch.setattr(optim, "_cpu_flags", lambda: frozenset({"avx512f", "avx512_bf16"}))
-    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    monkeypatch.setattr(optim, "_cpu_flags", lambda: frozenset({"avx512f", "avx512_bf16"}))  # Cooper Lake+
     assert orthogonalization_dtype("cpu") == torch.bfloat16
-    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")  # ATEN_CPU_CAPABILITY=avx2
+    monkeypatch.setattr(optim, "_cpu_flags", lambda: frozenset({"avx512f", "avx512bw"}))  # Skylake-SP
     assert orthogonalization_dtype("cpu") == torch.float32
+    monkeypatch.setattr(optim, "_cpu_flags", lambda: frozenset({"avx2", "amx_tile", "amx_bf16"}))
+    assert orthogonalization_dtype("cpu") == torch.bfloat16
     monkeypatch.setattr(optim, "_cpu_flags", lambda: frozenset({"fp", "asimd", "bf16"}))  # Arm with BF16
     assert orthogonalization_dtype("cpu") == torch.bfloat16
     monkeypatch.setattr(optim, "_cpu_flags", lambda: frozenset())  # no /proc/cpuinfo (macOS, Windows)
