@@ -46,7 +46,7 @@ Kernel = Literal["weight_only", "dynamic"]
 
 
 @functools.cache
-def _saturation_free() -> bool:
+def cpu_has_vnni() -> bool:
     """Whether this CPU has VNNI, whose int8 dot products accumulate in int32 without saturating.
 
     Without it, FBGEMM's int8 products pass through saturating int16 sums, so inputs are quantized
@@ -104,7 +104,7 @@ class Int8Linear(nn.Module):
                 warnings.filterwarnings("ignore", message=".*quantized tensor creation functions")
                 q = torch.quantize_per_channel(w, scale, zero, 0, torch.qint8)
             self._packed = torch.ops.quantized.linear_prepack.default(q, b)
-            self._reduce_range = not _saturation_free()
+            self._reduce_range = not cpu_has_vnni()
             return
         if kernel != "weight_only":
             raise GPT2KitError(f"int8 kernel {kernel!r} is not one of weight_only, dynamic")
