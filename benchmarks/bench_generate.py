@@ -6,8 +6,8 @@ Both sides decode greedily from the same random GPT-2 small weights (124M, built
 is downloaded): a 16-token prompt, 128 new tokens, no early stop. Runs alternate between the two
 sides, and each figure is the median of ``--repeats`` runs after one warm-up run. Reported:
 
-* batch 1, fp32 and bf16 weights, and gpt2kit's int8 weights (``--dtype int8``, CPU; beside it the
-  FBGEMM kernel, ``quantize_int8(model, "dynamic")``, as "int8 dynamic"): tokens/s
+* batch 1, fp32 and bf16 weights, and gpt2kit's int8 weights with each kernel (CPU; ``--dtype int8``
+  runs the one printed, see gpt2kit.quantize): tokens/s
   (new tokens over the whole call, prefill included) and time to first token (prefill + the first
   sampled token);
 * the same tokens/s as a fraction of the memory-bandwidth bound: at batch 1 every new token reads
@@ -32,7 +32,7 @@ import torch
 from gpt2kit import GPT, preset
 from gpt2kit.generate import Generation, SamplingConfig
 from gpt2kit.interop.hf import state_from_hf
-from gpt2kit.quantize import quantize_int8
+from gpt2kit.quantize import quantize_int8, resolve_kernel
 
 PROMPT = 16
 
@@ -141,7 +141,8 @@ def main() -> None:
     # weights are a snapshot, so converting `ours` to bf16 and back leaves them as they are
     int8 = None
     if device == "cpu":  # the default kernel (float activations) and FBGEMM's (int8 activations)
-        int8 = {"gpt2kit int8": quantize_int8(ours), "int8 dynamic": quantize_int8(ours, "dynamic")}
+        int8 = {f"int8 {k}": quantize_int8(ours, k) for k in ("weight_only", "dynamic")}
+        print(f"--dtype int8 (kernel auto) runs int8 {resolve_kernel('auto')} on this CPU")
     torch.manual_seed(1)
     prompt = torch.randint(0, 50257, (1, PROMPT), device=device)
 

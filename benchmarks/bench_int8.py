@@ -3,8 +3,8 @@
     python benchmarks/bench_int8.py [--ckpt runs/shakespeare-char/checkpoints/last.ckpt --source tinyshakespeare]
 
 Evaluates the checkpoint on its corpus's validation windows: float32, bfloat16 weights, and the int8
-copies made by :func:`gpt2kit.quantize.quantize_int8` with each kernel: ``weight_only`` (the default:
-float activations), ``dynamic`` (FBGEMM, 8-bit activations on a CPU with VNNI) and ``dynamic`` with
+copies made by :func:`gpt2kit.quantize.quantize_int8` with each kernel: ``weight_only`` (float
+activations), ``dynamic`` (FBGEMM, 8-bit activations on a CPU with VNNI) and ``dynamic`` with
 7-bit activations, which is what FBGEMM does on an x86 CPU without VNNI (forced here, so a VNNI machine
 shows the other kind's accuracy too). Reports each val loss and its increase over float32, the logits'
 relative error (||int8 - float32|| / ||float32||, the measure tests/test_quantize.py bounds), and how
@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from gpt2kit.checkpoint import load_module
 from gpt2kit.data import TextDataModule
-from gpt2kit.quantize import Int8Linear, cpu_has_vnni, quantize_int8
+from gpt2kit.quantize import Int8Linear, cpu_has_vnni, quantize_int8, resolve_kernel
 from gpt2kit.tokenizers import CheckpointTokenizer
 
 DEFAULT_CKPT = "runs/shakespeare-char/checkpoints/last.ckpt"
@@ -76,7 +76,7 @@ def main() -> None:
     print(f"{args.ckpt}: {model.num_params() / 1e6:.1f}M parameters, {tokens} validation tokens")
     fp32, ref = evaluate(model, batches)
     rows = [("float32", fp32, ref)]
-    rows.append(("int8 weight_only (default)", *evaluate(quantize_int8(model), batches)))
+    rows.append(("int8 weight_only", *evaluate(quantize_int8(model, "weight_only"), batches)))
     vnni = "VNNI" if cpu_has_vnni() else "no VNNI: 7-bit"
     rows.append((f"int8 dynamic (this CPU: {vnni})", *evaluate(quantize_int8(model, "dynamic"), batches)))
     rows.append(
@@ -86,6 +86,7 @@ def main() -> None:
         )
     )
     rows.append(("bfloat16", *evaluate(copy.deepcopy(model).to(torch.bfloat16), batches)))
+    print(f"--dtype int8 (kernel auto) runs int8 {resolve_kernel('auto')} on this CPU")
     print("| weights | val loss | vs float32 | logit error | top token = float32's |\n|---|---|---|---|---|")
     for name, loss, outs in rows:
         err = torch.cat([(o - r).flatten() for o, r in zip(outs, ref, strict=True)]).norm()

@@ -4,17 +4,20 @@ Decoding one sequence multiplies every weight matrix by a single vector, so its 
 which the CPU streams the weights. :func:`quantize_int8` returns a copy of a model for decoding whose
 linear layers hold int8 weights (one scale per output row), a quarter of float32's bytes.
 
-Two kernels compute those layers (``quantize_int8(model, kernel=...)``):
+Two kernels compute those layers (``quantize_int8(model, kernel=...)``; the default ``"auto"`` takes
+``"dynamic"`` on a CPU with VNNI, where it is both the faster and accurate, and ``"weight_only"`` on any
+other CPU, where FBGEMM would round the activations to 7 bits):
 
-* ``"weight_only"`` (the default): the activations stay in floating point (bfloat16, rounded from
+* ``"weight_only"``: the activations stay in floating point (bfloat16, rounded from
   float32: 8 significant bits, float32's range) and each int8 weight is scaled back in the product,
   accumulated in float32 (PyTorch's ``aten._weight_int8pack_mm``, vectorised for AVX-512, AVX2, Arm
-  and plain C++). Its error is the weights' rounding alone, the same on every CPU.
+  and plain C++). Its error is the weights' rounding alone, the same on every CPU; it is slower than
+  FBGEMM's kernel (about 1.5-3x per matrix-vector product, measured on an AVX-512 CPU).
 * ``"dynamic"``: PyTorch's x86 dynamic quantization kernel (FBGEMM's ``quantized::linear_dynamic``):
-  the activations are rounded to 8 bits on the fly too and the products accumulated in int32. Faster
-  for batches of many rows, but on a CPU without VNNI (AVX512-VNNI or AVX-VNNI) FBGEMM's int8 products
-  pass through saturating int16 sums, so its activations get 7 bits, and GPT-2's outlier activations
-  then cost several percent of the logits (``docs/generation.md`` has the figures).
+  the activations are rounded to 8 bits on the fly too and the products accumulated in int32. On a CPU
+  without VNNI (AVX512-VNNI or AVX-VNNI) FBGEMM's int8 products pass through saturating int16 sums, so
+  its activations get 7 bits, and GPT-2's outlier activations then cost several percent of the logits
+  (``docs/generation.md`` has the figures).
 
 Every ``nn.Linear`` of the model is replaced, whatever component it belongs to (plugins included;
 LoRA layers with their update merged), and so is the tied LM head, which reads the token embedding.
@@ -41,8 +44,8 @@ from gpt2kit.finetune.lora import LoRALinear
 from gpt2kit.model import GPT
 from gpt2kit.nn.heads import TiedLMHead
 
-Kernel = Literal["weight_only", "dynamic"]
-"""How an int8 layer multiplies: float activations × int8 weights, or FBGEMM's int8 × int8."""
+Kernel = Literal["auto", "weight_only", "dynamic"]
+"""How an int8 layer multiplies: float activations × int8 weights, FBGEMM's int8 × int8, or ``auto``."""
 
 
 @functools.cache
@@ -65,8 +68,18 @@ def check_engine(engines: list[str]) -> None:
         return
     raise GPT2KitError(
         f"int8 decoding with kernel='dynamic' needs PyTorch's x86 quantized engine (FBGEMM), and this build "
-        f"has {engines}: use kernel='weight_only' (the default), or bfloat16 weights (--dtype bfloat16)"
+        f"has {engines}: use kernel='weight_only' (any CPU), or bfloat16 weights (--dtype bfloat16)"
     )
+
+
+def resolve_kernel(kernel: Kernel) -> str:
+    """``auto`` → ``dynamic`` on a CPU with VNNI (fast and accurate there), ``weight_only`` elsewhere."""
+    if kernel not in ("auto", "weight_only", "dynamic"):
+        raise GPT2KitError(f"int8 kernel {kernel!r} is not one of auto, weight_only, dynamic")
+    if kernel == "auto":
+        vnni = cpu_has_vnni() and {"x86", "fbgemm"} & set(torch.backends.quantized.supported_engines)
+        return "dynamic" if vnni else "weight_only"
+    return kernel
 
 
 def _round_rows(weight: Tensor) -> tuple[Tensor, Tensor]:
@@ -82,17 +95,17 @@ def _round_rows(weight: Tensor) -> tuple[Tensor, Tensor]:
 class Int8Linear(nn.Module):
     """A linear layer computed from an int8 copy of its weight (for inference only)."""
 
-    def __init__(self, weight: Tensor, bias: Tensor | None = None, kernel: Kernel = "weight_only") -> None:
+    def __init__(self, weight: Tensor, bias: Tensor | None = None, kernel: Kernel = "auto") -> None:
         """
         Args:
             weight: the float weight (out_features, in_features) to quantize, one scale per row.
             bias: the float bias, kept in float.
-            kernel: "weight_only" (float activations) or "dynamic" (FBGEMM, int8 activations); see the
-                module's documentation.
+            kernel: "weight_only" (float activations), "dynamic" (FBGEMM, int8 activations) or "auto"
+                (dynamic with VNNI, else weight_only); see the module's documentation.
         """
         super().__init__()
         self.out_features, self.in_features = weight.shape
-        self.kernel = kernel
+        self.kernel = kernel = resolve_kernel(kernel)
         b = None if bias is None else bias.detach().float()
         if kernel == "dynamic":
             check_engine(torch.backends.quantized.supported_engines)
@@ -106,8 +119,6 @@ class Int8Linear(nn.Module):
             self._packed = torch.ops.quantized.linear_prepack.default(q, b)
             self._reduce_range = not cpu_has_vnni()
             return
-        if kernel != "weight_only":
-            raise GPT2KitError(f"int8 kernel {kernel!r} is not one of weight_only, dynamic")
         q, scale = _round_rows(weight)
         # The kernel reads the inner dimension 16 values at a time: pad it (zeros add nothing).
         self._pad = -self.in_features % 16
@@ -138,7 +149,7 @@ class Int8Linear(nn.Module):
 class Int8TiedLMHead(nn.Module):
     """:class:`~gpt2kit.nn.heads.TiedLMHead` from an int8 copy of the token embedding."""
 
-    def __init__(self, wte: nn.Embedding, kernel: Kernel = "weight_only") -> None:
+    def __init__(self, wte: nn.Embedding, kernel: Kernel = "auto") -> None:
         super().__init__()
         self.proj = Int8Linear(wte.weight, kernel=kernel)
 
@@ -146,16 +157,15 @@ class Int8TiedLMHead(nn.Module):
         return self.proj(h)  # (B, T, vocab)
 
 
-def quantize_int8(model: GPT, kernel: Kernel = "weight_only") -> GPT:
+def quantize_int8(model: GPT, kernel: Kernel = "auto") -> GPT:
     """A copy of ``model`` for decoding on the CPU, with int8 linear layers; ``model`` is unchanged.
 
     The copy shares the model's other parameters, so it sees in-place changes to them, but its int8
     weights are a snapshot: quantize again after training further. It is for inference only (its
     int8 weights are not in its ``state_dict``): save and train the original. ``kernel``: see the
-    module's documentation ("weight_only", the default, is accurate on every CPU).
+    module's documentation ("auto": FBGEMM's with VNNI, else the weight-only one: accurate on every CPU).
     """
-    if kernel not in ("weight_only", "dynamic"):
-        raise GPT2KitError(f"int8 kernel {kernel!r} is not one of weight_only, dynamic")
+    kernel = resolve_kernel(kernel)
     if kernel == "dynamic":
         check_engine(torch.backends.quantized.supported_engines)
     param = next(model.parameters())
