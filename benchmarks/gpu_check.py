@@ -40,7 +40,7 @@ import lightning as L
 import numpy as np
 import torch
 
-from gpt2kit import preset
+from gpt2kit import GPT, preset
 from gpt2kit.data import TextDataModule
 from gpt2kit.lit import GPTLitModule
 from gpt2kit.optim import BatchedMuon, GPT2AdamW, MuonAdamW, WarmupCosine
@@ -212,18 +212,6 @@ def main() -> None:
         torch.set_float32_matmul_precision("high")
     if args.nanogpt and not (args.nanogpt / "train.py").is_file():
         sys.exit(f"error: {args.nanogpt} has no train.py: pass the folder of a karpathy/nanoGPT checkout")
-    work = Path(tempfile.mkdtemp(prefix="gpt2kit-gpu-check-"))
-    rows = [
-        train_gpt2kit(args, work, arch, compile=False, muon=False),
-        train_gpt2kit(args, work, arch, compile=True, muon=False),
-        train_gpt2kit(args, work, arch, compile=True, muon=True),
-    ]
-    if args.nanogpt:
-        rows.append(train_nanogpt(args, args.nanogpt.resolve(), arch, rows[0].fpt))
-    rows += muon_steps(args, arch.n_layer, arch.n_embd)
-    if args.tests:
-        rows.append(gpu_tests(args))
-
     if args.accelerator == "gpu":
         name = torch.cuda.get_device_name()
         peak, basis = next(
@@ -239,17 +227,39 @@ def main() -> None:
         f"shape: {arch.n_layer} layers x {arch.n_embd}, block {arch.block_size}, vocabulary {arch.vocab_size}, "
         f"micro-batch {args.batch_size}; {args.precision}; {args.steps} steps, first {args.warmup} not timed\n"
     )
-    first = rows[0].step_s
     print("| run | ms/step | tokens/s | MFU | peak memory | × first row | note |")
-    print("|---|---:|---:|---:|---:|---:|---|")
-    for r in rows:
-        tps = r.tokens / r.step_s if r.tokens else None
-        mfu = f"{tps * r.fpt / peak:.1%}" if tps and r.fpt else "—"
-        mem = f"{r.mem_gib:.1f} GiB" if r.mem_gib is not None else "—"
-        ratio = f"{r.step_s / first:.2f}×" if r.tokens else "—"
-        tok = f"{tps:,.0f}" if tps else "—"
-        ms = f"{1000 * r.step_s:.1f}" if r.fpt or r.note.endswith("matrices") else f"({r.step_s:.0f} s)"
-        print(f"| {r.name} | {ms} | {tok} | {mfu} | {mem} | {ratio} | {r.note} |")
+    print("|---|---:|---:|---:|---:|---:|---|", flush=True)
+
+    work = Path(tempfile.mkdtemp(prefix="gpt2kit-gpu-check-"))
+    jobs = [  # each row is printed as soon as it is measured: a run cut short keeps what it had
+        ("gpt2kit AdamW, eager", lambda: [train_gpt2kit(args, work, arch, compile=False, muon=False)]),
+        ("gpt2kit AdamW, compile", lambda: [train_gpt2kit(args, work, arch, compile=True, muon=False)]),
+        ("gpt2kit MuonAdamW, compile", lambda: [train_gpt2kit(args, work, arch, compile=True, muon=True)]),
+    ]
+    if args.nanogpt:
+        fpt = flops_per_token(GPT(arch))
+        jobs.append(("nanoGPT train.py", lambda: [train_nanogpt(args, args.nanogpt.resolve(), arch, fpt)]))
+    jobs.append(("Muon step", lambda: muon_steps(args, arch.n_layer, arch.n_embd)))
+    if args.tests:
+        jobs.append(("pytest -m gpu", lambda: [gpu_tests(args)]))
+    first = None
+    for label, job in jobs:
+        try:
+            rows = job()
+        except Exception as exc:  # one broken row must not hide the others
+            rows = [Row(label, float("nan"), 0, 0.0, note=f"failed: {type(exc).__name__}: {str(exc)[:100]}")]
+        for r in rows:
+            if first is None and r.tokens:
+                first = r.step_s
+            tps = r.tokens / r.step_s if r.tokens else None
+            mfu = f"{tps * r.fpt / peak:.1%}" if tps and r.fpt else "—"
+            mem = f"{r.mem_gib:.1f} GiB" if r.mem_gib is not None else "—"
+            ratio = f"{r.step_s / first:.2f}×" if r.tokens and first else "—"
+            tok = f"{tps:,.0f}" if tps else "—"
+            ms = f"{1000 * r.step_s:.1f}" if r.fpt or r.note.endswith("matrices") else f"({r.step_s:.0f} s)"
+            if r.note.startswith("failed"):
+                ms = "—"
+            print(f"| {r.name} | {ms} | {tok} | {mfu} | {mem} | {ratio} | {r.note} |", flush=True)
 
 
 if __name__ == "__main__":
