@@ -6,7 +6,8 @@ Both sides decode greedily from the same random GPT-2 small weights (124M, built
 is downloaded): a 16-token prompt, 128 new tokens, no early stop. Runs alternate between the two
 sides, and each figure is the median of ``--repeats`` runs after one warm-up run. Reported:
 
-* batch 1, fp32 and bf16 weights, and gpt2kit's int8 weights (``--dtype int8``, CPU): tokens/s
+* batch 1, fp32 and bf16 weights, and gpt2kit's int8 weights with each kernel (CPU; ``--dtype int8``
+  runs the one printed, see gpt2kit.quantize): tokens/s
   (new tokens over the whole call, prefill included) and time to first token (prefill + the first
   sampled token);
 * the same tokens/s as a fraction of the memory-bandwidth bound: at batch 1 every new token reads
@@ -20,6 +21,7 @@ load of other processes; the load average is printed before and after.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import statistics
 import time
@@ -31,7 +33,7 @@ from gpt2kit import GPT, preset
 from gpt2kit.config import SamplingConfig
 from gpt2kit.decoding.static import requests_for, static_engine
 from gpt2kit.interop.hf import state_from_hf
-from gpt2kit.quantize import quantize_int8
+from gpt2kit.quantize import quantize_int8, resolve_kernel
 
 PROMPT = 16
 
@@ -100,15 +102,15 @@ def time_hf(model, prompt: torch.Tensor, new: int) -> tuple[float, float]:
 
 
 def compare(
-    hf, ours: GPT, prompt: torch.Tensor, new: int, repeats: int, int8: GPT | None = None
+    hf, ours: GPT, prompt: torch.Tensor, new: int, repeats: int, int8: dict[str, GPT] | None = None
 ) -> dict[str, tuple[float, float]]:
     """Median (first-token, total) seconds of each side; runs alternate between the sides."""
     fns: dict[str, Callable[[], tuple[float, float]]] = {
         "transformers": lambda: time_hf(hf, prompt, new),
         "gpt2kit": lambda: time_ours(ours, prompt, new),
     }
-    if int8 is not None:
-        fns["gpt2kit int8"] = lambda: time_ours(int8, prompt, new)
+    for name, model in (int8 or {}).items():
+        fns[name] = functools.partial(time_ours, model, prompt, new)
     for fn in fns.values():
         fn()  # warm-up
     results: dict[str, list[tuple[float, float]]] = {name: [] for name in fns}
@@ -140,7 +142,10 @@ def main() -> None:
     n_params = ours.num_params()
     # the int8 copy of the float32 model, made once (generate --dtype int8 makes it per run); its int8
     # weights are a snapshot, so converting `ours` to bf16 and back leaves them as they are
-    int8 = quantize_int8(ours) if device == "cpu" else None
+    int8 = None
+    if device == "cpu":  # the default kernel (float activations) and FBGEMM's (int8 activations)
+        int8 = {f"int8 {k}": quantize_int8(ours, k) for k in ("weight_only", "dynamic")}
+        print(f"--dtype int8 (kernel auto) runs int8 {resolve_kernel('auto')} on this CPU")
     torch.manual_seed(1)
     prompt = torch.randint(0, 50257, (1, PROMPT), device=device)
 
@@ -152,7 +157,7 @@ def main() -> None:
         runs = compare(hf, ours, prompt, new, args.repeats, int8 if dtype == torch.float32 else None)
         for side, (first, total) in runs.items():
             rate = new / total
-            size = 1 if side.endswith("int8") else dtype.itemsize
+            size = 1 if "int8" in side else dtype.itemsize
             bound = bandwidth * 1e9 / (n_params * size)
             name = "int8" if size == 1 else str(dtype).removeprefix("torch.")
             print(f"{name:8} {side:14} {rate:7.1f} {rate / bound:8.0%} {first * 1000:9.0f} ms")
@@ -173,7 +178,7 @@ def main() -> None:
             hf, ours = hf.to(dtype), ours.to(dtype)
             runs = compare(hf, ours, batch, new, args.repeats, int8 if dtype == torch.float32 else None)
             for side, (first, total) in runs.items():
-                name = "int8" if side.endswith("int8") else str(dtype).removeprefix("torch.")
+                name = "int8" if "int8" in side else str(dtype).removeprefix("torch.")
                 print(f"{name:8} {side:14} {8 * new / total:7.1f} tok/s   first token {first * 1000:.0f} ms")
         print()
     print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")

@@ -167,7 +167,10 @@ def nanogpt_val_tokens(text: str) -> np.ndarray:
 
 
 def run_nanogpt(checkout: Path, seed: int, max_steps: int) -> tuple[float, float]:
-    """nanoGPT's train.py from ``checkout``: (full-validation loss of its final checkpoint, wall time)."""
+    """nanoGPT's train.py from ``checkout``: (full-validation loss of its final checkpoint, wall time).
+
+    karpathy/nanoGPT's train.py has no seed option (it seeds 1337 itself), so ``seed`` is not passed on.
+    """
     checkout = checkout.expanduser().resolve()
     if not (checkout / "train.py").is_file():
         sys.exit(f"error: {checkout} has no train.py: pass the folder of a karpathy/nanoGPT checkout")
@@ -182,7 +185,7 @@ def run_nanogpt(checkout: Path, seed: int, max_steps: int) -> tuple[float, float
         start = time.perf_counter()
         subprocess.run(
             [sys.executable, "train.py", *NANOGPT_CPU, f"--max_iters={max_steps}", f"--lr_decay_iters={max_steps}",
-             f"--seed={seed}", f"--out_dir={out}", "--always_save_checkpoint=True"],
+             f"--out_dir={out}", "--always_save_checkpoint=True"],  # no --seed: train.py always seeds 1337
             cwd=checkout, check=True, capture_output=True,
         )  # fmt: skip
         wall = time.perf_counter() - start

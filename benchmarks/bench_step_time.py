@@ -2,7 +2,7 @@
 recipe's step must cost at most 1.3x the baseline's).
 
     GPT2KIT_DATA=/work/shared/data python benchmarks/bench_step_time.py [--variants baseline modern no_muon]
-        [--steps 300] [--repeats 3] [--study recipes/ablations/speedrun.yaml]
+        [--steps 300] [--repeats 3] [--study recipes/ablations/speedrun.yaml] [--ns_dtype modern=float32]
 
 Each named variant of the study (the baseline recipe, the modern recipe, the modern recipe without one
 ingredient, ...) trains ``--steps`` steps in a temporary folder, through the ablation runner, so every
@@ -11,6 +11,11 @@ repeat 2, ...) so that a change in the machine's load falls on all of them alike
 what the runs log: ``tokens_per_sec`` (the time from one training step to the next, optimizer step
 included, validation excluded), its median over the logged intervals after the first. The ratio to the
 baseline is taken within each repeat; the median of those is printed.
+
+``--ns_dtype VARIANT=DTYPE`` adds a copy of a Muon variant whose Newton-Schulz iterations run in DTYPE
+(``MuonAdamW(ns_dtype=...)``: auto, bfloat16, float32), named ``VARIANT@DTYPE``: on a CPU with native
+bfloat16, ``modern@float32`` beside ``modern`` shows what the step costs where bfloat16 is not native
+(and ``modern@bfloat16`` on a CPU without it, what torch.optim.Muon's bfloat16 costs there).
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--baseline", default="baseline")
+    p.add_argument("--ns_dtype", nargs="*", default=[], metavar="VARIANT=DTYPE")
     args = p.parse_args()
     print(f"load average before: {os.getloadavg()}; cores: {os.cpu_count()}", flush=True)
     with tempfile.TemporaryDirectory(prefix="bench-step-") as out:
@@ -50,6 +56,15 @@ def main() -> None:
         known = {v.name: v for v in study.variants}
         if missing := [v for v in args.variants if v not in known]:
             raise SystemExit(f"error: {missing[0]} is not a variant of {args.study}: {', '.join(known)}")
+        for pair in args.ns_dtype:
+            name, _, dtype = pair.partition("=")
+            if name not in known or dtype not in ("auto", "bfloat16", "float32"):
+                raise SystemExit(f"error: --ns_dtype {pair}: give VARIANT=auto|bfloat16|float32")
+            extra = {**known[name].overrides, "model.optimizer.init_args.ns_dtype": dtype}
+            known[f"{name}@{dtype}"] = dataclasses.replace(
+                known[name], name=f"{name}@{dtype}", overrides=extra
+            )
+            args.variants.append(f"{name}@{dtype}")
         study = dataclasses.replace(
             study,
             variants=[known[v] for v in args.variants],

@@ -13,11 +13,12 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-from gpt2kit import GPT, GPT2KitError, registry
+from gpt2kit import GPT, GPT2KitError, optim, registry
 from gpt2kit.finetune import FullFineTune, LastNBlocks, LayerwiseLRDecay, LoRA
 from gpt2kit.lit import GPTLitModule, OptimConfig, lr_factor
 from gpt2kit.nn import RMSNorm, RotaryPosition, UntiedLMHead
 from gpt2kit.optim import (
+    BatchedMuon,
     Constant,
     GPT2AdamW,
     Linear,
@@ -26,6 +27,8 @@ from gpt2kit.optim import (
     WarmupStableDecay,
     build_optimizer,
     hidden_matrix_names,
+    newton_schulz,
+    orthogonalization_dtype,
     parameter_groups,
 )
 from gpt2kit.testing import tiny_config
@@ -152,39 +155,138 @@ def test_legacy_optim_translates_to_the_same_optimizer_and_schedule():
 # --- Muon + AdamW ---------------------------------------------------------------------------------------------
 
 
+def _ns_float64(g: torch.Tensor, steps: int = 5) -> torch.Tensor:
+    """Keller Jordan's quintic Newton-Schulz iteration, written out in float64 (the exact reference)."""
+    a, b, c = 3.4445, -4.7750, 2.0315
+    x = g.double()
+    tall = x.size(0) > x.size(1)
+    x = x.T if tall else x
+    x = x / x.norm().clamp(min=1e-7)
+    for _ in range(steps):
+        gram = x @ x.T
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    return x.T if tall else x
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a.double() - b.double()).norm() / b.double().norm()).item()
+
+
 @requires_muon
-def test_muon_adamw_steps_exactly_as_muon_and_adamw_side_by_side():
+@pytest.mark.parametrize("ns_dtype", ["bfloat16", "float32"])
+def test_batched_muon_step_matches_torch_muon_within_its_bf16_rounding(ns_dtype):
+    shapes = [(48, 16), (16, 16), (64, 16), (16, 64), (48, 16), (16, 16)]  # tall, square, wide; repeats batch
+    g = torch.Generator().manual_seed(0)
+    weights = [torch.randn(s, generator=g) for s in shapes]
+    grads = [[torch.randn(s, generator=g) for s in shapes] for _ in range(2)]
+
+    def two_steps(cls, **kw):
+        params = [torch.nn.Parameter(w.clone()) for w in weights]
+        opt = cls(params, lr=0.05, weight_decay=0.1, adjust_lr_fn="match_rms_adamw", **kw)
+        for step_grads in grads:  # two steps: the momentum buffer and Nesterov's blend take part
+            for p, grad in zip(params, step_grads, strict=True):
+                p.grad = grad.clone()
+            opt.step()
+        return params, opt
+
+    mine, opt = two_steps(BatchedMuon, ns_dtype=ns_dtype)
+    torchs, ref_opt = two_steps(torch.optim.Muon)
+    for p, q in zip(mine, torchs, strict=True):  # the same momentum buffers, bit for bit
+        assert torch.equal(opt.state[p]["momentum_buffer"], ref_opt.state[q]["momentum_buffer"])
+    # The orthogonalised update of one matrix, each way, against the exact (float64) iteration.
+    buf = ref_opt.state[torchs[0]]["momentum_buffer"]
+    update = grads[1][0].lerp(buf, 0.95)
+    exact = _ns_float64(update)
+    theirs = torch.optim.Muon([torch.nn.Parameter(torch.zeros(shapes[0]))]).defaults
+    (ours,) = newton_schulz([update], theirs["ns_coefficients"], 5, theirs["eps"], getattr(torch, ns_dtype))
+    assert ours.dtype == getattr(torch, ns_dtype)
+    bf16_error = _rel(newton_schulz([update], theirs["ns_coefficients"], 5, 1e-7, torch.bfloat16)[0], exact)
+    assert 1e-3 < bf16_error < 0.05  # torch.optim.Muon's own rounding: its tolerance
+    if ns_dtype == "float32":
+        assert _rel(ours, exact) < 1e-4  # float32: far closer to the exact iteration
+    # The whole step: the weights' changes agree with torch's to within its bfloat16 rounding.
+    for w, p, q in zip(weights, mine, torchs, strict=True):
+        assert _rel(p.detach() - w, q.detach() - w) < 2 * bf16_error
+
+
+@requires_muon
+def test_muon_adamw_steps_as_muon_and_adamw_side_by_side():
     model = tiny_model()
     reference = copy.deepcopy(model)
     opt = build_optimizer(
         functools.partial(MuonAdamW, lr=0.05, adam_lr=1e-2), parameter_groups(model, FullFineTune())
     )
     assert [g.get("muon", False) for g in opt.param_groups] == [True, False]
+    assert isinstance(opt.muon, BatchedMuon)
     hidden = hidden_matrix_names(reference)
     named = dict(reference.named_parameters())
     muon = torch.optim.Muon([named[n] for n in sorted(hidden)], lr=0.05, weight_decay=0.0)
     adamw = torch.optim.AdamW(
         [named[n] for n in named if n not in hidden], lr=1e-2, betas=(0.9, 0.95), weight_decay=0.0
     )
-    for s in range(3):
-        loss_of(model, s).backward()
-        opt.step()
-        opt.zero_grad()
-        loss_of(reference, s).backward()
-        muon.step()
-        adamw.step()
-        muon.zero_grad()
-        adamw.zero_grad()
+    start = {n: p.detach().clone() for n, p in model.named_parameters()}
+    loss_of(model, 0).backward()
+    opt.step()
+    loss_of(reference, 0).backward()
+    muon.step()
+    adamw.step()
     for (name, a), b in zip(model.named_parameters(), reference.parameters(), strict=True):
-        assert torch.equal(a, b), name
+        if name in hidden:  # Muon's side: torch's update up to its bfloat16 rounding
+            assert _rel(a.detach() - start[name], b.detach() - start[name]) < 0.05, name
+        else:  # AdamW's side: the same kernel, the same numbers
+            assert torch.equal(a, b), name
     assert not torch.equal(model.blocks[0].attn.c_attn.weight, tiny_model().blocks[0].attn.c_attn.weight)
 
 
+def test_orthogonalization_dtype_follows_the_hardware(monkeypatch):
+    monkeypatch.setattr(optim, "_cpu_flags", lambda: frozenset({"avx2", "fma"}))  # e.g. AMD Zen 2/3
+    assert orthogonalization_dtype("cpu") == torch.float32  # bfloat16 would be emulated
+    monkeypatch.setattr(optim, "_cpu_flags", lambda: frozenset({"avx512f", "avx512_bf16"}))  # Cooper Lake+
+    assert orthogonalization_dtype("cpu") == torch.bfloat16
+    monkeypatch.setattr(optim, "_cpu_flags", lambda: frozenset({"avx512f", "avx512bw"}))  # Skylake-SP
+    assert orthogonalization_dtype("cpu") == torch.float32
+    monkeypatch.setattr(optim, "_cpu_flags", lambda: frozenset({"avx2", "amx_tile", "amx_bf16"}))
+    assert orthogonalization_dtype("cpu") == torch.bfloat16
+    monkeypatch.setattr(optim, "_cpu_flags", lambda: frozenset({"fp", "asimd", "bf16"}))  # Arm with BF16
+    assert orthogonalization_dtype("cpu") == torch.bfloat16
+    monkeypatch.setattr(optim, "_cpu_flags", lambda: frozenset())  # no /proc/cpuinfo (macOS, Windows)
+    assert orthogonalization_dtype("cpu") == torch.float32
+    for native, dtype in ((True, torch.bfloat16), (False, torch.float32)):  # Ampere+ / Volta, Turing
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True, n=native: n)
+        assert orthogonalization_dtype("cuda") == dtype
+
+
 @requires_muon
-def test_muon_adamw_state_dict_resumes_bit_identically():
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_runs_the_iterations_in_the_chosen_dtype(monkeypatch, native):
+    monkeypatch.setattr(optim, "cpu_has_native_bf16", lambda: native)
+
+    def one_step(ns_dtype):
+        model = tiny_model()
+        opt = build_optimizer(
+            functools.partial(MuonAdamW, ns_dtype=ns_dtype), parameter_groups(model, FullFineTune())
+        )
+        train(model, opt, range(1))
+        return model.blocks[0].mlp.c_fc.weight
+
+    auto = one_step("auto")
+    assert torch.equal(auto, one_step("bfloat16" if native else "float32"))
+    assert not torch.equal(auto, one_step("float32" if native else "bfloat16"))
+
+
+@requires_muon
+def test_muon_refuses_an_unknown_ns_dtype():
+    with pytest.raises(GPT2KitError, match="ns_dtype='float16' must be one of auto, bfloat16, float32"):
+        MuonAdamW(parameter_groups(tiny_model(), FullFineTune()), ns_dtype="float16")
+
+
+@requires_muon
+@pytest.mark.parametrize("ns_dtype", ["bfloat16", "float32"])
+def test_muon_adamw_state_dict_resumes_bit_identically(ns_dtype):
     def make():
         model = tiny_model()
-        opt = build_optimizer(functools.partial(MuonAdamW, lr=0.05), parameter_groups(model, FullFineTune()))
+        factory = functools.partial(MuonAdamW, lr=0.05, ns_dtype=ns_dtype)
+        opt = build_optimizer(factory, parameter_groups(model, FullFineTune()))
         return model, opt
 
     straight, opt = make()

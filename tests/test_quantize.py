@@ -4,17 +4,21 @@ import contextlib
 import copy
 import dataclasses
 import io
+import os
+import subprocess
+import sys
+import tempfile
 
 import pytest
 import torch
 from test_generate import ckpt, model, tokenizer  # noqa: F401  (ckpt is a fixture)
 
-from gpt2kit import GPT, GPT2KitError, preset
+from gpt2kit import GPT, GPT2KitError, preset, quantize
 from gpt2kit.cli import main
 from gpt2kit.decoding import Engine, Request, SamplingConfig, generate
 from gpt2kit.finetune import LoRALinear
 from gpt2kit.nn import SwiGLUMLP, UntiedLMHead
-from gpt2kit.quantize import Int8Linear, Int8TiedLMHead, check_engine, quantize_int8
+from gpt2kit.quantize import Int8Linear, Int8TiedLMHead, check_engine, cpu_has_vnni, quantize_int8
 
 
 def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
@@ -35,6 +39,58 @@ def test_int8_copy_is_close_to_float_and_leaves_the_model_as_it_was():
     assert not any(isinstance(m, Int8Linear) for m in gpt.modules())  # the original keeps its layers
     assert all(torch.equal(v, state[k]) for k, v in gpt.state_dict().items())
     assert int8.wte.weight is gpt.wte.weight  # everything but the linear layers is shared, not copied
+
+
+@pytest.mark.parametrize("in_features", [64, 40])  # 40: padded to the kernel's multiple of 16
+def test_weight_only_layer_is_the_rounded_weights_times_float_activations(in_features):
+    g = torch.Generator().manual_seed(0)
+    w, b, x = (
+        torch.randn(24, in_features, generator=g),
+        torch.randn(24, generator=g),
+        torch.randn(2, 5, in_features, generator=g),
+    )
+    scale = (w.abs().amax(1, keepdim=True) / 127).bfloat16().float()  # one per row, as the layer keeps it
+    rounded = (w / scale).round().clamp(-128, 127) * scale
+    out = Int8Linear(w, b, "weight_only")(x)
+    assert out.shape == (2, 5, 24) and out.dtype == torch.float32
+    assert relative_error(out, x @ rounded.T + b) < 0.01  # only the activations' bfloat16 rounding left
+    assert relative_error(out, x @ w.T + b) > 1e-3  # and the weights really are int8
+
+
+def test_weight_only_int8_is_as_accurate_on_every_cpu_kind():
+    gpt = model()
+    idx = torch.randint(0, gpt.config.vocab_size, (3, 12), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ref, out = gpt(idx), quantize_int8(gpt, "weight_only")(idx)
+    assert relative_error(out, ref) < 0.05
+    # The same product with torch's plain C++ kernels (what a CPU with no AVX at all runs): the same
+    # numbers up to the order of the float32 sums, so the bound above holds whatever the CPU has.
+    script = (
+        "import sys, torch; sys.path.insert(0, 'tests'); from test_generate import model; "
+        "from gpt2kit.quantize import quantize_int8; g = model(); idx = torch.load(sys.argv[1]); "
+        "torch.save(quantize_int8(g, 'weight_only')(idx).detach(), sys.argv[1])"
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "io.pt")
+        torch.save(idx, path)
+        env = {**os.environ, "ATEN_CPU_CAPABILITY": "default"}
+        subprocess.run([sys.executable, "-c", script, path], check=True, env=env, timeout=120)
+        plain = torch.load(path)
+    assert relative_error(plain, out) < 0.01
+    assert relative_error(plain, ref) < 0.05
+
+
+def test_dynamic_int8_error_depends_on_the_cpus_vnni():
+    gpt = model()
+    idx = torch.randint(0, gpt.config.vocab_size, (3, 12), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ref, dynamic = gpt(idx), quantize_int8(gpt, "dynamic")(idx)
+        weight_only = quantize_int8(gpt, "weight_only")(idx)
+    # FBGEMM rounds activations to 8 bits with VNNI, to 7 bits without (measured here: 3-5% and 6-10%).
+    vnni = cpu_has_vnni()
+    bound, kind = (0.06, "with VNNI") if vnni else (0.10, "without VNNI (7-bit activations)")
+    assert relative_error(dynamic, ref) < bound, f"FBGEMM dynamic int8 on an x86 CPU {kind}"
+    assert relative_error(weight_only, ref) < relative_error(dynamic, ref)  # float activations: closer
 
 
 def test_int8_handles_any_component_with_linear_layers_and_lora():
@@ -74,9 +130,19 @@ def test_int8_generation_tracks_float_and_serves_a_prompt_cache():
 def test_int8_needs_the_x86_engine_and_a_cpu_float_model():
     with pytest.raises(GPT2KitError, match=r"CPU from float weights.*--dtype bfloat16"):
         quantize_int8(model().to("meta"))
-    with pytest.raises(GPT2KitError, match=r"x86 quantized engine.*--dtype bfloat16"):
-        check_engine(["qnnpack"])  # e.g. PyTorch on an ARM CPU
+    with pytest.raises(GPT2KitError, match=r"x86 quantized engine.*kernel='weight_only'"):
+        check_engine(["qnnpack"])  # e.g. PyTorch on an ARM CPU: only the dynamic kernel needs FBGEMM
     check_engine(torch.backends.quantized.supported_engines)
+    with pytest.raises(GPT2KitError, match=r"int8 kernel 'int4' is not one of auto, weight_only, dynamic"):
+        quantize_int8(model(), "int4")
+
+
+@pytest.mark.parametrize("vnni", [True, False])
+def test_auto_kernel_is_fbgemms_only_where_it_is_accurate(monkeypatch, vnni):
+    monkeypatch.setattr(quantize, "cpu_has_vnni", lambda: vnni)
+    int8 = quantize_int8(model())
+    kernels = {m.kernel for m in int8.modules() if isinstance(m, Int8Linear)}
+    assert kernels == {"dynamic" if vnni else "weight_only"}
 
 
 def test_cli_generate_with_int8_weights(ckpt, capsys):  # noqa: F811
