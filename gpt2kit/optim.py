@@ -34,7 +34,7 @@ from torch import Tensor
 
 from gpt2kit.errors import GPT2KitError
 from gpt2kit.registry import add_kind
-from gpt2kit.spec import init_args_from_attributes, instance_spec
+from gpt2kit.spec import Specified
 
 if TYPE_CHECKING:
     from gpt2kit.finetune import FreezePolicy
@@ -433,7 +433,7 @@ class MuonAdamW(torch.optim.Optimizer):
 # --- schedules --------------------------------------------------------------------------------------------
 
 
-class Schedule:
+class Schedule(Specified):
     """Base class: the multiple of the peak LR at each optimizer step (``factor``), given the run's length.
 
     Every schedule warms up linearly over ``warmup_steps`` and ends at ``min_lr_ratio``; subclasses
@@ -493,20 +493,6 @@ class Schedule:
         # A partial, not an object with attributes: LambdaLR's state_dict stores a callable object's
         # __dict__, and a checkpoint must hold only tensors and plain values (weights_only loading).
         return functools.partial(self.factor, total=self.total_steps(max_steps))
-
-    def spec(self) -> dict[str, Any]:
-        """``{"class_path": ..., "init_args": ...}``: how a checkpoint records this schedule."""
-        return instance_spec(self, init_args_from_attributes(self))
-
-    def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self.spec()["init_args"].items())
-        return f"{type(self).__name__}({args})"
-
-    def __eq__(self, other: object) -> bool:
-        return type(self) is type(other) and self.spec() == other.spec()  # type: ignore[attr-defined]
-
-    def __hash__(self) -> int:
-        return hash(repr(self))
 
 
 SCHEDULE = add_kind("schedule", Schedule)

@@ -82,8 +82,10 @@ class OneLineErrors:
     def _option_names(self) -> list[str]:
         names = list(getattr(self, "_option_string_actions", {}))
         for action in getattr(self, "_actions", []):  # a subcommand's parser, when the error is the parent's
-            for sub in (getattr(action, "choices", None) or {}).values():
-                names += list(getattr(sub, "_option_string_actions", {}))
+            choices = getattr(action, "choices", None)
+            if isinstance(choices, dict):  # subcommands (an option's choices are a plain sequence)
+                for sub in choices.values():
+                    names += list(getattr(sub, "_option_string_actions", {}))
         return names
 
 

@@ -72,6 +72,28 @@ def init_args_from_attributes(obj: Any) -> dict[str, Any]:
     return {p: getattr(obj, p) for p in params}
 
 
+class Specified:
+    """A component written down by its constructor arguments, read from attributes of the same names.
+
+    :meth:`spec` is how a recipe or checkpoint records it; two are equal when their specs are, and the
+    repr shows the arguments. Schedules and window samplers are such components.
+    """
+
+    def spec(self) -> dict[str, Any]:
+        """``{"class_path": ..., "init_args": ...}``: how a recipe or checkpoint writes this component down."""
+        return instance_spec(self, init_args_from_attributes(self))
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.spec()[INIT_ARGS].items())
+        return f"{type(self).__name__}({args})"
+
+    def __eq__(self, other: object) -> bool:
+        return type(self) is type(other) and self.spec() == other.spec()  # type: ignore[attr-defined]
+
+    def __hash__(self) -> int:
+        return hash(repr(self))
+
+
 def spec_of(value: Any) -> Any:
     """A recipe-style description of a constructor argument.
 

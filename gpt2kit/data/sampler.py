@@ -50,7 +50,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from gpt2kit.errors import GPT2KitError
 from gpt2kit.registry import add_kind
-from gpt2kit.spec import init_args_from_attributes, instance_spec
+from gpt2kit.spec import Specified
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +125,7 @@ class PermutedOrder(EpochOrder):
         return picked if self.table is None else self.table[picked]
 
 
-class WindowSampler:
+class WindowSampler(Specified):
     """Base class of the ``sampler`` components: which training windows an epoch holds, in which order.
 
     A subclass turns the training tokens into an :class:`EpochOrder` of window start offsets
@@ -138,20 +138,6 @@ class WindowSampler:
         ``eot_id``: the token that separates documents in the shards (None: the tokenizer has none).
         """
         raise NotImplementedError
-
-    def spec(self) -> dict[str, Any]:
-        """``{"class_path": ..., "init_args": ...}``: how a recipe or checkpoint writes this sampler down."""
-        return instance_spec(self, init_args_from_attributes(self))
-
-    def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self.spec()["init_args"].items())
-        return f"{type(self).__name__}({args})"
-
-    def __eq__(self, other: object) -> bool:
-        return type(self) is type(other) and self.spec() == other.spec()  # type: ignore[attr-defined]
-
-    def __hash__(self) -> int:
-        return hash(repr(self))
 
 
 SAMPLER = add_kind("sampler", WindowSampler)
