@@ -59,3 +59,7 @@ def cwd(path):
         yield
     finally:
         os.chdir(old)
+
+
+# The SLURM tests' cluster fixture (tests/slurmcluster.py), shared by test_slurm.py and test_slurm_requeue.py.
+from slurmcluster import cluster  # noqa: E402, F401

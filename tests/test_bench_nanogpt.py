@@ -60,7 +60,9 @@ def test_nanogpt_checkout_is_run_and_its_checkpoint_evaluated_on_the_full_valida
     args = json.loads((checkout / "args.json").read_text())
     assert args["config"] == "config/train_shakespeare_char.py" and args["device"] == "cpu"
     assert (args["max_iters"], args["lr_decay_iters"]) == ("3", "3")
-    assert "seed" not in args  # nanoGPT's configurator refuses keys train.py lacks; train.py seeds 1337 itself
+    assert (
+        "seed" not in args
+    )  # nanoGPT's configurator refuses keys train.py lacks; train.py seeds 1337 itself
     assert args["always_save_checkpoint"] == "True" and args["n_layer"] == "4" and args["block_size"] == "64"
     text = bench.shakespeare_text()
     assert (checkout / "data" / "shakespeare_char" / "prepared").read_text() == text[:20]  # the same text
