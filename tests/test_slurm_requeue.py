@@ -5,20 +5,24 @@ two files on two workers. Tiny models, a few steps, bounded waits (tests/slurmcl
 from __future__ import annotations
 
 import logging
+import re
 import subprocess
 import time
 
+import yaml
+from conftest import REPO
 from slurmcluster import (
     WAIT_S,
     assert_same_weights,
     read_csv,
     state,
     submit_and_wait,
+    weights,
     write_study,
 )
 
 from gpt2kit.ablate import ablate, load_study
-from gpt2kit.ablate.study import plan
+from gpt2kit.ablate.study import place, plan
 from gpt2kit.cli import main
 
 
@@ -99,7 +103,38 @@ def test_crash_fails_with_its_line_others_finish_and_rerun_submits_nothing(clust
     assert "failed" in status["crash"] and "boom at step 2" in status["crash"]
 
 
+def docs_sbatch_script(recipe) -> str:
+    """docs/scale.md's 2-task CPU sbatch script, ``RECIPE.yaml`` replaced by ``recipe``."""
+    text = (REPO / "docs" / "scale.md").read_text()
+    blocks = re.findall(r"```bash\n(.*?)```", text, re.S)
+    script = [b for b in blocks if "#SBATCH" in b and "--trainer.accelerator cpu" in b]
+    assert len(script) == 1, "docs/scale.md has no (or several) CPU sbatch scripts"
+    assert "RECIPE.yaml" in script[0]
+    return script[0].replace("RECIPE.yaml", str(recipe))
+
+
+def sbatch_wait(script, args, cwd):
+    """``sbatch --wait SCRIPT ARGS``, bounded by WAIT_S (the job is cancelled past it): its exit status."""
+    proc = subprocess.Popen(
+        ["sbatch", "--parsable", "--wait", f"--output={cwd}/slurm-%j.out", str(script), *args],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    job = proc.stdout.readline().strip().split(";")[0]
+    try:
+        proc.wait(timeout=WAIT_S)
+    except subprocess.TimeoutExpired:
+        subprocess.run(["scancel", job], capture_output=True, timeout=30)
+        proc.kill()
+        raise AssertionError(f"sbatch job {job} did not end in {WAIT_S} s") from None
+    return proc.returncode, job
+
+
 def test_two_task_ddp_under_slurm_equals_two_local_processes(cluster):
+    """One local 2-process DDP run, and the same run under SLURM twice: through the ablation launcher
+    (``tasks_per_node: 2``), and through docs/scale.md's sbatch script for ``fit``."""
     ddp = {
         "trainer.strategy": "ddp",
         "trainer.devices": 2,
@@ -118,6 +153,21 @@ def test_two_task_ddp_under_slurm_equals_two_local_processes(cluster):
     assert "SLURM" in (run_slurm / "train.log").read_text()  # ranks from Lightning's SLURM environment
     assert (run_slurm / "train.rank1.log").is_file()
     assert_same_weights(run_slurm, run_local)
+
+    # The docs' script: a user's recipe (the local run's, writing into its own folder) with a step count
+    # the script's extra arguments ("$@") bring down to the run's.
+    run_sbatch = cluster / "out" / "sbatch"
+    recipe = place(plan(local)[0].identity, run_sbatch)
+    steps = recipe["trainer"]["max_steps"]
+    recipe["trainer"]["max_steps"] = 100 * steps  # not reached if "$@" is passed on
+    (cluster / "recipe.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
+    (cluster / "fit-cpu.sh").write_text(docs_sbatch_script(cluster / "recipe.yaml"))
+    rc, job = sbatch_wait(cluster / "fit-cpu.sh", ["--trainer.max_steps", str(steps)], cluster)
+    output = (cluster / f"slurm-{job}.out").read_text() if (cluster / f"slurm-{job}.out").is_file() else ""
+    assert rc == 0, f"sbatch job {job} exited {rc}: {output[-2000:]}"
+    assert "SLURM" in output  # Lightning took the ranks from SLURM's environment
+    assert weights(run_sbatch)[1] == steps, "the script's extra arguments did not reach fit"
+    assert_same_weights(run_sbatch, run_local)
 
 
 # --- bad input, one line each ---------------------------------------------------------------------------------
