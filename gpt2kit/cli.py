@@ -28,6 +28,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+from jsonargparse import set_parsing_settings
+
 from gpt2kit.components import list_components, load_builtins
 from gpt2kit.config import SamplingConfig
 from gpt2kit.decoding.loaded import Dtype
@@ -174,6 +176,10 @@ def _run_function(fn: Callable[..., None], args: Sequence[str], prog: str) -> No
         fn, as_group=False, as_positional=prog in POSITIONAL, skip={"sampling"} if takes_sampling else None
     )
     if takes_sampling:
+        # Each field's docstring is its --help text. jsonargparse's setting is global and reads the source of
+        # every class it describes, so it is set here, for the one group that needs it, not at import
+        # (where it cost every `fit` ~2 s to start).
+        set_parsing_settings(docstring_parse_attribute_docstrings=True)
         parser.add_class_arguments(SamplingConfig, None, as_group=True)
     kwargs: dict[str, Any] = {
         k: v for k, v in parser.parse_args(list(args)).as_dict().items() if not k.startswith("__")

@@ -14,13 +14,10 @@ import sys
 from collections.abc import Iterable, Iterator, Sequence
 from typing import NoReturn
 
-from jsonargparse import ArgumentParser, set_parsing_settings
+from jsonargparse import ArgumentParser
 
 from gpt2kit.errors import GPT2KitError, user_error
 from gpt2kit.registry import kinds, registry
-
-# A dataclass field's docstring (the line under it) is its --help text, as for SamplingConfig's options.
-set_parsing_settings(docstring_parse_attribute_docstrings=True)
 
 
 def readable(message: str) -> str:
