@@ -45,6 +45,10 @@ def test_study_through_slurm_equals_local(cluster, caplog):
     caplog.clear()  # done runs are never submitted again
     ablate(load_study(on_slurm.path), launcher="slurm")
     assert "ablate: nothing to submit" in caplog.messages
+    summary = [m for m in caplog.messages if "runs done" in m]
+    assert summary and summary[-1].startswith("ablate: 4 of 4 runs done; report:"), (
+        summary
+    )  # no "others" left
 
 
 def _one_line_error(capsys, args):

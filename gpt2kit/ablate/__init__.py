@@ -168,7 +168,13 @@ def ablate(
     write_study_report(study, runs)
     results = collect(runs)
     done = sum(r.status == "done" for r in results)
-    how = "" if finished else " (interrupted)" if launcher == "local" else " (the others are SLURM's)"
+    how = (
+        ""
+        if finished or done == len(results)
+        else " (interrupted)"
+        if launcher == "local"
+        else " (the others are SLURM's)"
+    )
     log.info("ablate: %d of %d runs done%s; report: %s", done, len(results), how, study.out_dir / "report.md")
     return runs
 
