@@ -116,6 +116,8 @@ def load_for_inference(path: str | Path, device: str = "cpu", dtype: Dtype | str
     policy = _policy(hparams)
     if policy is not None:
         policy.setup(model)  # LoRA adds its adapters, whose trained values the checkpoint holds
+    saved = stored_tokenizer(ckpt)
+    tokenizer = Tokenizer.from_dict(saved) if saved is not None else None
     weights = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
     if adapters_only(ckpt):
         base = hparams.get("init_from")
@@ -124,19 +126,17 @@ def load_for_inference(path: str | Path, device: str = "cpu", dtype: Dtype | str
                 f"{path} holds LoRA adapters only and names no base (model.init_from): load the checkpoint "
                 "the adapters were trained on with them, or save without save_adapters_only"
             )
-        saved = stored_tokenizer(ckpt)
         adapters = set(policy.added_parameters(model)) if policy is not None else set()
-        load_pretrained(model, base, adapters, Tokenizer.from_dict(saved) if saved is not None else None)
-        weights = {**{k: v for k, v in model.state_dict().items()}, **weights}
+        load_pretrained(model, base, adapters, tokenizer)
+        weights = {**model.state_dict(), **weights}
     load_weights(model, weights, source=str(path))
     model = model.to(device).eval()
     model = quantize_int8(model) if dtype == "int8" else model.to(getattr(torch, dtype))
     extra = ckpt.get("gpt2kit", {}) or {}
-    saved = stored_tokenizer(ckpt)
     template = extra.get("chat_template")
     return LoadedModel(
         model=model,
-        tokenizer=Tokenizer.from_dict(saved) if saved is not None else None,
+        tokenizer=tokenizer,
         chat_template=ChatTemplate.from_dict(template) if template is not None else None,
         config=hparams,
         path=str(path),
