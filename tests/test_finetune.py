@@ -257,6 +257,11 @@ def test_adapter_only_checkpoint_plus_base_reproduces_the_model(lora_run, base):
     idx = torch.randint(0, NANO.vocab_size, (2, 32))
     with torch.no_grad():
         assert torch.equal(loaded(idx), module(idx))
+    from gpt2kit.decoding import load_for_inference
+
+    decoding = load_for_inference(path)  # the same, without Lightning: what generate, chat and serve load
+    with torch.no_grad():
+        assert torch.equal(decoding.model(idx), module(idx))
 
 
 # --- resume -----------------------------------------------------------------------------------------------
