@@ -7,7 +7,7 @@ is downloaded): a 16-token prompt, 128 new tokens, no early stop. Runs alternate
 sides, and each figure is the median of ``--repeats`` runs after one warm-up run. Reported:
 
 * batch 1, fp32 and bf16 weights, and gpt2kit's int8 weights with each kernel (CPU; ``--dtype int8``
-  runs the one printed, see gpt2kit.quantize): tokens/s
+  runs the one printed, see gpt2kit.decoding.int8): tokens/s
   (new tokens over the whole call, prefill included) and time to first token (prefill + the first
   sampled token);
 * the same tokens/s as a fraction of the memory-bandwidth bound: at batch 1 every new token reads
@@ -31,9 +31,9 @@ import torch
 
 from gpt2kit import GPT, preset
 from gpt2kit.config import SamplingConfig
+from gpt2kit.decoding.int8 import quantize_int8, resolve_kernel
 from gpt2kit.decoding.static import requests_for, static_engine
 from gpt2kit.interop.hf import state_from_hf
-from gpt2kit.quantize import quantize_int8, resolve_kernel
 
 PROMPT = 16
 

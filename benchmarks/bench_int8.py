@@ -3,7 +3,7 @@
     python benchmarks/bench_int8.py [--ckpt runs/shakespeare-char/checkpoints/last.ckpt --source tinyshakespeare]
 
 Evaluates the checkpoint on its corpus's validation windows: float32, bfloat16 weights, and the int8
-copies made by :func:`gpt2kit.quantize.quantize_int8` with each kernel: ``weight_only`` (float
+copies made by :func:`gpt2kit.decoding.int8.quantize_int8` with each kernel: ``weight_only`` (float
 activations), ``dynamic`` (FBGEMM, 8-bit activations on a CPU with VNNI) and ``dynamic`` with
 7-bit activations, which is what FBGEMM does on an x86 CPU without VNNI (forced here, so a VNNI machine
 shows the other kind's accuracy too). Reports each val loss and its increase over float32, the logits'
@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from gpt2kit.checkpoint import load_module
 from gpt2kit.data import TextDataModule
-from gpt2kit.quantize import Int8Linear, cpu_has_vnni, quantize_int8, resolve_kernel
+from gpt2kit.decoding.int8 import Int8Linear, cpu_has_vnni, quantize_int8, resolve_kernel
 from gpt2kit.tokenizers import CheckpointTokenizer
 
 DEFAULT_CKPT = "runs/shakespeare-char/checkpoints/last.ckpt"

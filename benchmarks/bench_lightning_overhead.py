@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from gpt2kit import GPTConfig
 from gpt2kit.data import TextDataModule
-from gpt2kit.lit import GPTLitModule, OptimConfig, lr_factor
+from gpt2kit.training.lit import GPTLitModule, OptimConfig, lr_factor
 
 WARMUP = 20
 TOKENS = 12 * 64  # batch 12, block 64

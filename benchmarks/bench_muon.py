@@ -6,7 +6,7 @@ The hidden matrices of a model (the baby GPT of the Shakespeare recipe: 4 layers
 ``--preset gpt2``: GPT-2 small's 48) get random gradients and take optimizer steps, the three
 optimizers interleaved step by step so that a change in the machine's load falls on all alike; each
 figure is the median over ``--repeats`` steps. ``BatchedMuon`` runs its Newton-Schulz iterations in
-the dtype named (``auto``: what :func:`gpt2kit.optim.orthogonalization_dtype` picks on this machine).
+the dtype named (``auto``: what :func:`gpt2kit.training.optim.orthogonalization_dtype` picks on this machine).
 On a CPU with native bfloat16 the float32 row is what a CPU without it gets from ``auto``; torch's
 bfloat16 row on such a CPU is the emulated cost (issue 23: 453 ms per step on the baby GPT).
 """
@@ -20,7 +20,7 @@ import time
 
 import torch
 
-from gpt2kit.optim import BatchedMuon, cpu_has_native_bf16, orthogonalization_dtype
+from gpt2kit.training.optim import BatchedMuon, cpu_has_native_bf16, orthogonalization_dtype
 
 SHAPES = {  # (rows, cols) of one block's matrices: c_attn, attn c_proj, c_fc, mlp c_proj
     "baby": (4, 128),

@@ -8,7 +8,7 @@ LR schedule and clipping, in fp32 and under bf16 autocast; and gpt2kit (Lightnin
 ``bf16-mixed`` and ``bf16-mixed`` with ``compile``. Each row is the median tokens/s of ``--repeats``
 short runs (first ``--warmup`` steps excluded: allocation, compilation), the rows in a shuffled order
 each round.
-MFU is against the matmul peak measured in the row's dtype (gpt2kit.perf).
+MFU is against the matmul peak measured in the row's dtype (gpt2kit.training.perf).
 
 Quality: the same seed trained ``--quality-steps`` steps in fp32 and in bf16-mixed, then the loss on
 the fixed validation windows. Targets: gpt2kit bf16-mixed >= 1.5x the plain fp32 loop; |Δ val loss|
@@ -29,9 +29,9 @@ import torch.nn.functional as F
 
 from gpt2kit import GPTConfig
 from gpt2kit.data import TextDataModule
-from gpt2kit.hardware import native_bf16
-from gpt2kit.lit import GPTLitModule, OptimConfig, lr_factor
-from gpt2kit.perf import flops_per_token, measure_peak_flops
+from gpt2kit.training.hardware import native_bf16
+from gpt2kit.training.lit import GPTLitModule, OptimConfig, lr_factor
+from gpt2kit.training.perf import flops_per_token, measure_peak_flops
 
 SHAPE = dict(n_layer=6, n_head=6, n_embd=384, block_size=256, dropout=0.0, bias=False)
 OPTIM = OptimConfig(lr=1e-3, min_lr=1e-4, betas=(0.9, 0.99), warmup_steps=10)

@@ -197,7 +197,7 @@ def reference(seed: int, max_steps: int) -> tuple[float, float]:
     """nanoGPT's loop over gpt2kit's model: (val loss on every validation window, nanoGPT's 20-batch estimate)."""
     from gpt2kit import GPTConfig
     from gpt2kit.data import TextDataModule
-    from gpt2kit.lit import GPTLitModule, OptimConfig, lr_factor
+    from gpt2kit.training.lit import GPTLitModule, OptimConfig, lr_factor
 
     torch.manual_seed(seed)
     block, batch = 64, 12

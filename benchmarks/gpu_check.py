@@ -42,9 +42,9 @@ import torch
 
 from gpt2kit import GPT, preset
 from gpt2kit.data import TextDataModule
-from gpt2kit.lit import GPTLitModule
-from gpt2kit.optim import BatchedMuon, GPT2AdamW, MuonAdamW, WarmupCosine
-from gpt2kit.perf import flops_per_token, measure_peak_flops
+from gpt2kit.training.lit import GPTLitModule
+from gpt2kit.training.optim import BatchedMuon, GPT2AdamW, MuonAdamW, WarmupCosine
+from gpt2kit.training.perf import flops_per_token, measure_peak_flops
 
 DATASHEET_BF16_DENSE = [  # (name fragment, FLOP/s): NVIDIA datasheets, dense (no sparsity); first match wins
     ("H100 PCIe", 756e12), ("H100 NVL", 835e12), ("H100", 989e12), ("H200", 989e12), ("GH200", 989e12),

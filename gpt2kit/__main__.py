@@ -1,4 +1,4 @@
-from gpt2kit.cli import main
+from gpt2kit.commands import main
 
 if __name__ == "__main__":
     main()

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from gpt2kit.ckptfile import load_weights, module_hparams, read_checkpoint
-from gpt2kit.lit import GPTLitModule
+from gpt2kit.training.lit import GPTLitModule
 
 __all__ = ["load_module", "load_weights", "read_checkpoint", "save_checkpoint"]
 

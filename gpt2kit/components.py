@@ -24,8 +24,8 @@ def load_builtins() -> None:
     import gpt2kit.data.sampler  # noqa: F401  training window samplers
     import gpt2kit.finetune  # noqa: F401  freeze policies, LoRA
     import gpt2kit.nn  # noqa: F401  attention, position, norm, mlp, head
-    import gpt2kit.optim  # noqa: F401  optimizers, schedules
     import gpt2kit.tokenizers  # noqa: F401
+    import gpt2kit.training.optim  # noqa: F401  optimizers, schedules
 
     _loaded = True
 

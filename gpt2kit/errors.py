@@ -1,7 +1,7 @@
 """The one exception type for mistakes a user can fix, and how to find it behind other exceptions.
 
 Its message is a single line that names the bad value and the fix; the command line prints it without
-a traceback (:func:`gpt2kit.cli.main`, the one place that does). Internal invariants use ``assert``.
+a traceback (:func:`gpt2kit.commands.main`, the one place that does). Internal invariants use ``assert``.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Command-line parsing that answers in one line: jsonargparse's reports made readable, and did-you-mean.
 
-Every parser of gpt2kit (LightningCLI's, in :mod:`gpt2kit.lightning_cli`, and those of gpt2kit's own
+Every parser of gpt2kit (LightningCLI's, in :mod:`gpt2kit.training.cli`, and those of gpt2kit's own
 commands) reports a bad argument as ``error: ...`` plus one line pointing to ``--help``, exit code 2,
 instead of a usage block or a nested report.
 """

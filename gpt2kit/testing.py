@@ -167,12 +167,12 @@ def check_gradients_flow(make: ModelFactory, *, steps: int = 3, lr: float = 3e-3
 
 @torch.no_grad()
 def check_checkpoint_roundtrip(directory: str | Path, config: GPTConfig, **components: Any) -> None:
-    """A :class:`~gpt2kit.lit.GPTLitModule` built from ``components`` (``attention=..., position=...``:
+    """A :class:`~gpt2kit.training.lit.GPTLitModule` built from ``components`` (``attention=..., position=...``:
     classes, or ``functools.partial`` of a class with keyword options) survives a checkpoint file:
     :func:`gpt2kit.checkpoint.load_module` rebuilds the same classes from the stored config and gives
     identical outputs."""
     from gpt2kit.checkpoint import load_module, save_checkpoint
-    from gpt2kit.lit import GPTLitModule
+    from gpt2kit.training.lit import GPTLitModule
 
     torch.manual_seed(0)
     module = GPTLitModule(config, **components).eval()

@@ -13,7 +13,7 @@ from conftest import RECIPES
 from gpt2kit.ablate import ablate, load_study
 from gpt2kit.ablate.report import COLUMNS, ranking_metric
 from gpt2kit.ablate.study import Run, plan
-from gpt2kit.cli import main
+from gpt2kit.commands import main
 
 SHAKESPEARE = RECIPES / "pretrain" / "shakespeare-char.yaml"
 

@@ -29,7 +29,7 @@ from gpt2kit.chat import (
     read_topical_chat,
 )
 from gpt2kit.chat.template import CHAT_TEMPLATE
-from gpt2kit.cli import main
+from gpt2kit.commands import main
 from gpt2kit.data import fetch_corpus
 from gpt2kit.data.chat import IGNORE_INDEX, ChatCollate, pack
 from gpt2kit.registry import registry

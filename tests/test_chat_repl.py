@@ -15,13 +15,13 @@ import torch
 
 from gpt2kit import GPT2KitError, GPTConfig
 from gpt2kit.chat import ChatSession, RoleTokensTemplate
-from gpt2kit.chat.repl import interactive
 from gpt2kit.checkpoint import load_module, save_checkpoint
-from gpt2kit.cli import main
+from gpt2kit.commands import main
+from gpt2kit.commands.chat import interactive
 from gpt2kit.decoding import Engine, Request, SamplingConfig, generate
-from gpt2kit.lit import GPTLitModule
 from gpt2kit.nn import LayerNorm
 from gpt2kit.tokenizers import CharTokenizer
+from gpt2kit.training.lit import GPTLitModule
 
 ALPHABET = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 ?!.,'"
 GREEDY = ["--temperature", "0", "--max_new_tokens", "6"]

@@ -2,7 +2,7 @@
 the validation loss is over assistant tokens only, and LoRA and resuming work with the grown vocabulary.
 
 The base is a tiny untrained GPT-2-tokenizer model saved where the recipes look for it; the CLI runs in
-this process (``gpt2kit.cli.main``).
+this process (``gpt2kit.commands.main``).
 """
 
 from __future__ import annotations
@@ -21,12 +21,12 @@ from gpt2kit import GPT2KitError, GPTConfig
 from gpt2kit.chat import ChatDataModule
 from gpt2kit.chat.template import RoleTokensTemplate
 from gpt2kit.checkpoint import load_module, read_checkpoint, save_checkpoint
-from gpt2kit.cli import main
+from gpt2kit.commands import main
 from gpt2kit.data.chat import IGNORE_INDEX
 from gpt2kit.finetune import LoRA
-from gpt2kit.lit import GPTLitModule, OptimConfig
 from gpt2kit.nn import LayerNorm, UntiedLMHead
 from gpt2kit.tokenizers import CharTokenizer, CheckpointTokenizer, GPT2Tokenizer
+from gpt2kit.training.lit import GPTLitModule, OptimConfig
 
 BASE = "runs/gutenberg-gpt2/checkpoints/last.ckpt"  # where both chat recipes find their base
 TINY_CHAT = [

@@ -12,7 +12,7 @@ import torch
 import yaml
 
 from gpt2kit import GPT, GPT2KitError, registry
-from gpt2kit.cli import main
+from gpt2kit.commands import main
 from gpt2kit.nn import (
     ALiBiPosition,
     CausalSelfAttention,

@@ -266,7 +266,7 @@ def test_the_position_follows_the_count_over_all_epochs():
 def test_bos_aligned_is_chosen_in_yaml_and_its_batches_open_documents(tmp_path, capsys):
     from conftest import RECIPES
 
-    from gpt2kit.cli import main
+    from gpt2kit.commands import main
     from gpt2kit.data import TextDataModule
     from gpt2kit.tokenizers import CharTokenizer
 

@@ -25,8 +25,8 @@ from gpt2kit.decoding import (
     stream_text,
 )
 from gpt2kit.finetune import LoRA
-from gpt2kit.lit import GPTLitModule
 from gpt2kit.tokenizers import CharTokenizer
+from gpt2kit.training.lit import GPTLitModule
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -87,12 +87,12 @@ def test_decoding_commands_start_without_importing_lightning(lora_ckpt, command)
     body = {
         "generate": "main(['generate', '--ckpt', CKPT, '--prompt', 'ab', '--max_new_tokens', '3'])",
         "chat": "main(['chat', '--ckpt', CKPT, '--message', 'hi', '--max_new_tokens', '3'])",
-        "serve": "from gpt2kit.serve.command import load_served_model\n"
+        "serve": "from gpt2kit.serve.engine_client import load_served_model\n"
         "from gpt2kit.serve.app import create_app\n"
         "create_app(load_served_model(CKPT))",
     }[command]
-    code = f"import sys\nfrom gpt2kit.cli import main\nCKPT = {str(lora_ckpt)!r}\n{body}\n" + (
-        "bad = sorted(m for m in sys.modules if m.split('.')[0] == 'lightning' or m == 'gpt2kit.lit')\n"
+    code = f"import sys\nfrom gpt2kit.commands import main\nCKPT = {str(lora_ckpt)!r}\n{body}\n" + (
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] == 'lightning' or m == 'gpt2kit.training.lit')\n"
         "print('IMPORTED', bad)"
     )
     out = subprocess.run(

@@ -10,7 +10,7 @@ import sys
 import pytest
 from conftest import RECIPES
 
-from gpt2kit.cli import lightning_main
+from gpt2kit.commands import lightning_main
 
 SHAKESPEARE = str(RECIPES / "pretrain" / "shakespeare-char.yaml")
 RUN = [
@@ -32,7 +32,7 @@ trainer:
   callbacks:
     - class_path: lightning.pytorch.callbacks.ModelCheckpoint
       init_args: {dirpath: runs/shakespeare-char/checkpoints, monitor: val_loss, save_top_k: -1, filename: "{step}"}
-    - class_path: gpt2kit.resume.LastCheckpoint
+    - class_path: gpt2kit.training.resume.LastCheckpoint
       init_args: {dirpath: runs/shakespeare-char/checkpoints}
 """
 

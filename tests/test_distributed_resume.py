@@ -18,7 +18,7 @@ import pytest
 import torch
 from conftest import RECIPES, SHARED_DATA
 
-from gpt2kit.cli import main
+from gpt2kit.commands import main
 from gpt2kit.data import TextDataModule
 
 SHAKESPEARE = str(RECIPES / "pretrain" / "shakespeare-char.yaml")
@@ -63,7 +63,7 @@ class Record(L.Callback):
 def _callbacks(run_dir, tag, kill_at=-1):
     (run_dir / f"{tag}.yaml").write_text(
         "trainer:\n  callbacks:\n"
-        "    - class_path: gpt2kit.resume.LastCheckpoint\n"
+        "    - class_path: gpt2kit.training.resume.LastCheckpoint\n"
         "      init_args: {dirpath: ckpts, every_n_train_steps: 4}\n"
         "    - class_path: recorder.Record\n"
         f"      init_args: {{tag: {tag}, kill_at: {kill_at}}}\n"

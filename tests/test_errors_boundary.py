@@ -16,8 +16,8 @@ from conftest import RECIPES, TINY
 
 from gpt2kit.checkpoint import save_checkpoint
 from gpt2kit.config import preset
-from gpt2kit.lit import GPTLitModule
 from gpt2kit.tokenizers import CharTokenizer
+from gpt2kit.training.lit import GPTLitModule
 
 SHAKESPEARE = str(RECIPES / "pretrain" / "shakespeare-char.yaml")
 
@@ -138,7 +138,7 @@ def test_user_errors_raised_while_running_end_at_the_boundary(ckpt, tmp_path):
 def test_an_unexpected_error_is_one_line_and_its_traceback_is_opt_in(monkeypatch, capsys):
     """A failure gpt2kit does not recognise (a bug, or the system's) is one line and exit code 1, no traceback;
     GPT2KIT_TRACEBACK=1 lets it through, traceback and all."""
-    from gpt2kit import cli
+    from gpt2kit import commands as cli
 
     def broken(argv):
         raise RuntimeError("disk on fire\nsecond line")
@@ -156,7 +156,7 @@ def test_an_unexpected_error_is_one_line_and_its_traceback_is_opt_in(monkeypatch
 
 
 def test_ctrl_c_is_one_line_and_exit_code_130(monkeypatch, capsys):
-    from gpt2kit import cli
+    from gpt2kit import commands as cli
 
     def interrupted(argv):
         raise KeyboardInterrupt

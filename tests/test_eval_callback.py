@@ -90,7 +90,7 @@ def test_hellaswag_not_cached_stops_training_before_a_step(tmp_path, monkeypatch
     pytest.importorskip("lm_eval")
     from hellaswag_cache import use_datasets_cache
 
-    from gpt2kit.cli import main
+    from gpt2kit.commands import main
 
     use_datasets_cache(monkeypatch, tmp_path / "empty")
     config = tmp_path / "callbacks.yaml"

@@ -13,11 +13,11 @@ import pytest
 import torch
 
 from gpt2kit.checkpoint import save_checkpoint
-from gpt2kit.cli import main
+from gpt2kit.commands import main
 from gpt2kit.interop.hf import export_hf
-from gpt2kit.lit import GPTLitModule
 from gpt2kit.testing import tiny_config
 from gpt2kit.tokenizers import ByteLevelBPETokenizer, CharTokenizer
+from gpt2kit.training.lit import GPTLitModule
 
 lm_eval = pytest.importorskip("lm_eval")
 pytest.importorskip("transformers")

@@ -15,12 +15,12 @@ import torch
 from hellaswag_cache import FIXTURE, build_hellaswag_cache, use_datasets_cache
 
 from gpt2kit.checkpoint import save_checkpoint
-from gpt2kit.cli import main
+from gpt2kit.commands import main
 from gpt2kit.errors import GPT2KitError
 from gpt2kit.interop.hf import export_hf
-from gpt2kit.lit import GPTLitModule
 from gpt2kit.testing import tiny_config
 from gpt2kit.tokenizers import GPT2Tokenizer
+from gpt2kit.training.lit import GPTLitModule
 
 pytest.importorskip("lm_eval")
 pytest.importorskip("transformers")

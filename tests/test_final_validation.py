@@ -13,14 +13,14 @@ import torch
 from conftest import RECIPES, TINY, cwd
 
 from gpt2kit import GPTConfig
-from gpt2kit.callbacks import StepRichProgressBar, StepTQDMProgressBar
 from gpt2kit.chat import ChatSession, RoleTokensTemplate
-from gpt2kit.chat.repl import run
-from gpt2kit.cli import main
-from gpt2kit.generate import SamplingConfig
-from gpt2kit.lit import GPTLitModule
+from gpt2kit.commands import main
+from gpt2kit.commands.chat import run
+from gpt2kit.decoding import SamplingConfig
 from gpt2kit.nn import LayerNorm
 from gpt2kit.tokenizers import CharTokenizer
+from gpt2kit.training.callbacks import StepRichProgressBar, StepTQDMProgressBar
+from gpt2kit.training.lit import GPTLitModule
 
 SHAKESPEARE = str(RECIPES / "pretrain" / "shakespeare-char.yaml")
 QUICK = [a for a in TINY if not a.startswith(("--trainer.max_steps", "--trainer.val_check_interval"))]

@@ -1,7 +1,7 @@
 """Fine-tuning: freeze policies, layer-wise LRs, gradual unfreezing, LoRA, init_from, recipes, resume.
 
 One tiny pretraining run (the Shakespeare recipe, TINY) provides the checkpoint everything starts
-from. The CLI runs in this process (``gpt2kit.cli.main``), to keep the file well under a minute.
+from. The CLI runs in this process (``gpt2kit.commands.main``), to keep the file well under a minute.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from conftest import RECIPES, TINY, cwd
 
 from gpt2kit import GPT, GPT2KitError, preset
 from gpt2kit.checkpoint import load_module, read_checkpoint
-from gpt2kit.cli import main
+from gpt2kit.commands import main
 from gpt2kit.data import TextDataModule
 from gpt2kit.finetune import (
     GradualUnfreeze,
@@ -28,9 +28,9 @@ from gpt2kit.finetune import (
     PatternFreeze,
     load_pretrained,
 )
-from gpt2kit.lit import GPTLitModule, OptimConfig, lr_factor
 from gpt2kit.nn import LayerNorm
 from gpt2kit.tokenizers import CheckpointTokenizer
+from gpt2kit.training.lit import GPTLitModule, OptimConfig, lr_factor
 
 SHAKESPEARE = str(RECIPES / "pretrain" / "shakespeare-char.yaml")
 NANO = preset("nano", bias=False)  # the shape TINY gives the recipe: 2 blocks of width 32, no biases

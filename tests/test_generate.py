@@ -10,9 +10,8 @@ import pytest
 import torch
 
 from gpt2kit import GPT, GPT2KitError, preset
-from gpt2kit.callbacks import JSONLWriter
 from gpt2kit.checkpoint import save_checkpoint
-from gpt2kit.cli import generate_command, main
+from gpt2kit.commands import generate_command, main
 from gpt2kit.data import PromptDataModule
 from gpt2kit.decoding import (
     Engine,
@@ -24,9 +23,10 @@ from gpt2kit.decoding import (
     stream_text,
 )
 from gpt2kit.decoding.sampling import MatVecLinear
-from gpt2kit.lit import GPTLitModule
 from gpt2kit.nn import LearnedPosition, NoPosition
 from gpt2kit.tokenizers import EOT, CharTokenizer
+from gpt2kit.training.callbacks import JSONLWriter
+from gpt2kit.training.lit import GPTLitModule
 
 TEXT = "abcdefghijklmnopqrstuvwxyz ABCDEFGHIJKLMNOPQRSTUVWXYZ.,;:!?\n'-0123456"
 
@@ -325,7 +325,7 @@ def test_predict_writes_jsonl_completions(ckpt, tmp_path):
 def test_predict_recipe_runs_through_lightning_cli(ckpt, tmp_path, monkeypatch):
     from conftest import RECIPES
 
-    from gpt2kit.cli import lightning_main
+    from gpt2kit.commands import lightning_main
 
     monkeypatch.setattr(sys, "argv", ["gpt2kit"])
     (tmp_path / "prompts.txt").write_text("Hello\nA\n")

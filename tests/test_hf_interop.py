@@ -13,11 +13,11 @@ from conftest import SHARED_DATA
 
 from gpt2kit import GPT2KitError, preset
 from gpt2kit.checkpoint import load_module, load_weights, read_checkpoint, save_checkpoint
-from gpt2kit.cli import main
-from gpt2kit.generate import SamplingConfig, generate
+from gpt2kit.commands import main
+from gpt2kit.decoding import SamplingConfig, generate
 from gpt2kit.interop.hf import export_hf, import_hf, read_hf_dir
-from gpt2kit.lit import GPTLitModule
 from gpt2kit.tokenizers import CharTokenizer, GPT2Tokenizer, HFTokenizer
+from gpt2kit.training.lit import GPTLitModule
 
 transformers = pytest.importorskip("transformers")
 safetensors = pytest.importorskip("safetensors.torch")
@@ -200,7 +200,7 @@ def test_imported_checkpoint_validates_through_the_cli(tmp_path):
     """An imported model with a dataset's tokenizer is evaluated by `validate --ckpt_path`."""
     from conftest import RECIPES
 
-    from gpt2kit.cli import lightning_main
+    from gpt2kit.commands import lightning_main
     from gpt2kit.data import TextDataModule
 
     data = TextDataModule("tinyshakespeare")

@@ -12,9 +12,9 @@ import torch
 from gpt2kit.chat.template import ChatEncoder, ChatMLTemplate, Message, RoleTokensTemplate
 from gpt2kit.checkpoint import load_module, save_checkpoint
 from gpt2kit.interop.hf import export_hf, import_hf
-from gpt2kit.lit import GPTLitModule
 from gpt2kit.testing import tiny_config
 from gpt2kit.tokenizers import ByteLevelBPETokenizer, CharTokenizer, GPT2Tokenizer
+from gpt2kit.training.lit import GPTLitModule
 
 transformers = pytest.importorskip("transformers")
 tokenizers = pytest.importorskip("tokenizers")

@@ -12,7 +12,7 @@ from hubcache import COMMIT, build_hub_cache, tiny_overrides
 
 from gpt2kit import GPT2KitError
 from gpt2kit.checkpoint import load_module
-from gpt2kit.cli import main
+from gpt2kit.commands import main
 from gpt2kit.interop import hub
 
 transformers = pytest.importorskip("transformers")
@@ -126,7 +126,7 @@ def test_gpt2_recipes_start_from_hf_gpt2(hf_home, tmp_path, recipe, extra):
 def test_a_hub_name_in_python_says_how_to_resolve_it(hf_home):
     """Only the command line fetches hf: names; in Python the error names the function that does."""
     from gpt2kit import GPTConfig
-    from gpt2kit.lit import GPTLitModule
+    from gpt2kit.training.lit import GPTLitModule
 
     module = GPTLitModule(GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=64, vocab_size=50257, bias=True),
                           init_from="hf:gpt2")  # fmt: skip

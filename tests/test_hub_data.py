@@ -16,7 +16,7 @@ from conftest import RECIPES, SHARED_DATA, cwd
 from hubcache import build_dataset_cache, parquet_bytes
 
 from gpt2kit import GPT2KitError
-from gpt2kit.cli import main
+from gpt2kit.commands import main
 from gpt2kit.data import TextDataModule
 from gpt2kit.data import hub as hub_data
 from gpt2kit.data.readers import TextSource

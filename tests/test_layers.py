@@ -8,25 +8,31 @@ module must be given its layer here, and in the README's table.
 from __future__ import annotations
 
 import ast
+import sys
 from pathlib import Path
 
 import pytest
 
+from gpt2kit._moved import MOVED
+
 ROOT = Path(__file__).resolve().parents[1] / "gpt2kit"
 
 LAYERS = {
-    1: ["errors", "registry", "config", "corpora", "ckptfile", "parsing", "version", "spec", "names"],
+    # the former module names (gpt2kit.lit, ...) are aliases, see gpt2kit/_moved.py; it imports nothing
+    1: ["errors", "registry", "config", "corpora", "ckptfile", "parsing", "version", "spec", "names", "_moved"],
     2: ["nn"],
     3: ["model"],
     4: ["tokenizers"],
     5: ["data", "chat.template", "chat.conversations", "chat.context"],
     # decoding: a checkpoint loaded for inference, the one engine, sampling, int8; the freeze policies and
-    # LoRA shape the model a checkpoint holds (the loader rebuilds them), so they sit here too
-    6: ["decoding", "generate", "batching", "quantize", "chat.session", "finetune"],
-    7: ["lit", "callbacks", "finetune.callback", "optim", "resume", "hardware", "perf", "components"],
-    8: ["checkpoint", "lightning_cli", "interop"],
-    9: ["ablate", "chat.repl", "chat", "evaluate", "serve", "testing"],
-    10: ["cli", "__main__", ""],  # "" is the package itself: gpt2kit/__init__.py, the public API
+    # LoRA shape the model a checkpoint holds (the loader rebuilds them), so they sit here too; `chat` is
+    # the chat package's front (templates, conversations and, on first use, the session)
+    6: ["decoding", "chat.session", "chat", "finetune"],
+    7: ["training", "finetune.callback", "components"],
+    # training.cli is the LightningCLI subclass: it resolves hf: checkpoint names (interop)
+    8: ["checkpoint", "training.cli", "interop"],
+    9: ["ablate", "evaluate", "serve", "testing"],
+    10: ["commands", "__main__", ""],  # "" is the package itself: gpt2kit/__init__.py, the public API
 }
 """Layer → module prefixes (relative to ``gpt2kit``); the longest matching prefix decides."""
 
@@ -94,5 +100,26 @@ def test_imports_point_down(module):
 def test_the_check_sees_an_upward_import(tmp_path):
     """The test itself: a lazy import of the CLI from a component is caught."""
     path = tmp_path / "m.py"
-    path.write_text("def f():\n    from gpt2kit.cli import main\n")
-    assert imports(path) == ["cli"] and layer_of("cli") > layer_of("nn.attention")
+    path.write_text("def f():\n    from gpt2kit.commands import main\n")
+    assert imports(path) == ["commands"] and layer_of("commands") > layer_of("nn.attention")
+
+
+def test_the_folders_show_the_layers():
+    """Decoding, training and the commands are packages; what sits loose in gpt2kit/ is the foundations,
+    the model, and the three modules that join bands (the registry's built-ins, whole training modules in
+    files, the plugin authors' test helpers)."""
+    loose = {p.stem for p in ROOT.glob("*.py")} - {"__init__", "__main__"}
+    assert loose <= set(LAYERS[1]) | {"model", "components", "checkpoint", "testing"}, loose
+    for band in ("decoding", "training", "commands", "serve", "evaluate", "ablate"):
+        assert (ROOT / band / "__init__.py").is_file(), band
+
+
+@pytest.mark.parametrize("old", sorted(MOVED))
+def test_former_module_names_still_import(old):
+    """Recipes, saved configs and checkpoints name classes by path (gpt2kit.optim.WarmupCosine): a moved
+    module imports under its former name as the same module object."""
+    import importlib
+
+    module = importlib.import_module(old)
+    assert module is importlib.import_module(MOVED[old])
+    assert sys.modules[old] is module

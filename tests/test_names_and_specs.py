@@ -15,7 +15,6 @@ from gpt2kit.chat.template import ChatMLTemplate, ChatTemplate, RoleTokensTempla
 from gpt2kit.checkpoint import load_module, read_checkpoint, save_checkpoint
 from gpt2kit.errors import GPT2KitError
 from gpt2kit.finetune import FreezePolicy, LastNBlocks
-from gpt2kit.lightning_cli import GPT2KitArgumentParser, lightning_main
 from gpt2kit.model import BASES, GPT2, SLOTS
 from gpt2kit.names import canonical
 from gpt2kit.nn import Attention, CausalSelfAttention, RMSNorm, SlidingWindowAttention
@@ -23,6 +22,7 @@ from gpt2kit.parsing import program_args
 from gpt2kit.registry import add_kind, build, kinds, registry
 from gpt2kit.spec import build_factory, build_instance, describe, normalized, resolve_class, spec_of
 from gpt2kit.tokenizers import CharTokenizer, Tokenizer
+from gpt2kit.training.cli import GPT2KitArgumentParser, lightning_main
 
 SHAKESPEARE = str(RECIPES / "pretrain" / "shakespeare-char.yaml")
 
@@ -309,8 +309,8 @@ def test_describe_and_normalized():
 def test_gpt2_is_the_one_default():
     assert SLOTS == ("attention", "position", "norm", "mlp", "head")
     assert GPT2.attention is CausalSelfAttention
-    from gpt2kit.lit import GPTLitModule
     from gpt2kit.model import GPT
+    from gpt2kit.training.lit import GPTLitModule
 
     for fn in (GPT.__init__, GPTLitModule.__init__):
         params = inspect.signature(fn).parameters
@@ -321,7 +321,7 @@ def test_gpt2_is_the_one_default():
 def test_old_tokenizer_and_template_format_still_loads(tmp_path):
     """Checkpoints (and prepared data) written before class paths hold ``{name, config, state}``."""
     from gpt2kit.config import preset
-    from gpt2kit.lit import GPTLitModule
+    from gpt2kit.training.lit import GPTLitModule
 
     tok = CharTokenizer()
     tok.train(["To be, or not to be"])
@@ -372,7 +372,7 @@ def test_a_model_with_an_old_format_template_accepts_the_same_template_in_the_da
     from types import SimpleNamespace
 
     from gpt2kit.config import preset
-    from gpt2kit.lit import GPTLitModule
+    from gpt2kit.training.lit import GPTLitModule
 
     module = GPTLitModule(preset("nano"))
     module.chat_template = {"name": "role_tokens", "config": {}}  # as an old checkpoint left it

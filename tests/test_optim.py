@@ -1,4 +1,4 @@
-"""Optimizer and schedule slots (gpt2kit.optim): groups, Muon + AdamW as one optimizer, schedules, bad input."""
+"""Optimizer and schedule slots (gpt2kit.training.optim): groups, Muon + AdamW as one optimizer, schedules, bad input."""
 
 from __future__ import annotations
 
@@ -15,9 +15,10 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from gpt2kit import GPT, GPT2KitError, optim, registry
 from gpt2kit.finetune import FullFineTune, LastNBlocks, LayerwiseLRDecay, LoRA
-from gpt2kit.lit import GPTLitModule, OptimConfig, lr_factor
 from gpt2kit.nn import RMSNorm, RotaryPosition, UntiedLMHead
-from gpt2kit.optim import (
+from gpt2kit.testing import tiny_config
+from gpt2kit.training.lit import GPTLitModule, OptimConfig, lr_factor
+from gpt2kit.training.optim import (
     BatchedMuon,
     Constant,
     GPT2AdamW,
@@ -31,7 +32,6 @@ from gpt2kit.optim import (
     orthogonalization_dtype,
     parameter_groups,
 )
-from gpt2kit.testing import tiny_config
 
 requires_muon = pytest.mark.skipif(
     not hasattr(torch.optim, "Muon"), reason="needs torch.optim.Muon (torch >= 2.9)"
@@ -367,7 +367,7 @@ def test_lightning_fit_with_muon_clipping_and_schedule(tmp_path):
     path = tmp_path / "m.ckpt"
     trainer.save_checkpoint(path)
     ckpt = torch.load(path, weights_only=True)
-    assert ckpt["hyper_parameters"]["schedule"]["class_path"] == "gpt2kit.optim.WarmupStableDecay"
+    assert ckpt["hyper_parameters"]["schedule"]["class_path"] == "gpt2kit.training.optim.WarmupStableDecay"
 
 
 def test_registered_kinds():

@@ -16,7 +16,7 @@ from conftest import REPO, TINY
 
 from gpt2kit import GPT, GPT2KitError
 from gpt2kit.checkpoint import load_module, read_checkpoint
-from gpt2kit.cli import lightning_main, main
+from gpt2kit.commands import lightning_main, main
 from gpt2kit.nn import ALiBiPosition, RotaryPosition
 from gpt2kit.registry import load_plugins, registry
 from gpt2kit.testing import check_cache_matches_forward, check_causal, tiny_config

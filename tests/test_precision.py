@@ -12,9 +12,9 @@ from conftest import RECIPES
 
 from gpt2kit import GPT, GPT2KitError, hardware, perf, preset
 from gpt2kit.checkpoint import load_module
-from gpt2kit.cli import lightning_main
+from gpt2kit.commands import lightning_main
 from gpt2kit.data import TextDataModule
-from gpt2kit.lit import GPTLitModule
+from gpt2kit.training.lit import GPTLitModule
 
 SHAKESPEARE = str(RECIPES / "pretrain" / "shakespeare-char.yaml")
 

@@ -14,11 +14,11 @@ import torch
 from test_generate import ckpt, model, tokenizer  # noqa: F401  (ckpt is a fixture)
 
 from gpt2kit import GPT, GPT2KitError, preset, quantize
-from gpt2kit.cli import main
+from gpt2kit.commands import main
 from gpt2kit.decoding import Engine, Request, SamplingConfig, generate
+from gpt2kit.decoding.int8 import Int8Linear, Int8TiedLMHead, check_engine, cpu_has_vnni, quantize_int8
 from gpt2kit.finetune import LoRALinear
 from gpt2kit.nn import SwiGLUMLP, UntiedLMHead
-from gpt2kit.quantize import Int8Linear, Int8TiedLMHead, check_engine, cpu_has_vnni, quantize_int8
 
 
 def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
@@ -67,7 +67,7 @@ def test_weight_only_int8_is_as_accurate_on_every_cpu_kind():
     # numbers up to the order of the float32 sums, so the bound above holds whatever the CPU has.
     script = (
         "import sys, torch; sys.path.insert(0, 'tests'); from test_generate import model; "
-        "from gpt2kit.quantize import quantize_int8; g = model(); idx = torch.load(sys.argv[1]); "
+        "from gpt2kit.decoding.int8 import quantize_int8; g = model(); idx = torch.load(sys.argv[1]); "
         "torch.save(quantize_int8(g, 'weight_only')(idx).detach(), sys.argv[1])"
     )
     with tempfile.TemporaryDirectory() as tmp:

@@ -21,7 +21,7 @@ import yaml
 from conftest import RECIPES, REPO
 from test_plugins import isolated  # noqa: F401  (a fixture: registries as they were)
 
-from gpt2kit.cli import main
+from gpt2kit.commands import main
 
 EVAL_TASKS = (
     RECIPES / "eval"

@@ -15,11 +15,11 @@ import torch
 from conftest import RECIPES
 
 from gpt2kit import GPT2KitError, preset
-from gpt2kit.cli import lightning_main
+from gpt2kit.commands import lightning_main
 from gpt2kit.data import TextDataModule
 from gpt2kit.data.sampler import EvalSampler, RandomWindowSampler, ResumableDataLoader, window_starts
-from gpt2kit.lit import GPTLitModule, OptimConfig
-from gpt2kit.resume import AtomicCheckpointIO, LastCheckpoint, rng_state, set_rng_state
+from gpt2kit.training.lit import GPTLitModule, OptimConfig
+from gpt2kit.training.resume import AtomicCheckpointIO, LastCheckpoint, rng_state, set_rng_state
 
 SHAKESPEARE = str(RECIPES / "pretrain" / "shakespeare-char.yaml")
 
@@ -39,7 +39,7 @@ trainer:
   callbacks:
     - class_path: lightning.pytorch.callbacks.ModelCheckpoint
       init_args: {dirpath: runs/shakespeare-char/checkpoints, monitor: val_loss, filename: "best-{step}"}
-    - class_path: gpt2kit.resume.LastCheckpoint
+    - class_path: gpt2kit.training.resume.LastCheckpoint
       init_args: {dirpath: runs/shakespeare-char/checkpoints, every_n_train_steps: 10}
 """
 

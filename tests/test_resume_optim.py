@@ -15,10 +15,10 @@ import torch
 from conftest import RECIPES
 from torch.utils.data import DataLoader, TensorDataset
 
-from gpt2kit.cli import lightning_main
-from gpt2kit.lit import GPTLitModule
-from gpt2kit.optim import Constant, GPT2AdamW, Linear, MuonAdamW, WarmupCosine, WarmupStableDecay
+from gpt2kit.commands import lightning_main
 from gpt2kit.testing import tiny_config
+from gpt2kit.training.lit import GPTLitModule
+from gpt2kit.training.optim import Constant, GPT2AdamW, Linear, MuonAdamW, WarmupCosine, WarmupStableDecay
 
 requires_muon = pytest.mark.skipif(
     not hasattr(torch.optim, "Muon"), reason="needs torch.optim.Muon (torch >= 2.9)"
@@ -97,7 +97,7 @@ RUN = [
 CALLBACKS = """
 trainer:
   callbacks:
-    - class_path: gpt2kit.resume.LastCheckpoint
+    - class_path: gpt2kit.training.resume.LastCheckpoint
       init_args: {dirpath: runs/shakespeare-char/checkpoints, every_n_train_steps: 10}
 """
 

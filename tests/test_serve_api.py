@@ -21,8 +21,8 @@ import test_chat_repl  # noqa: E402
 
 from gpt2kit.chat import ChatSession, RoleTokensTemplate  # noqa: E402
 from gpt2kit.checkpoint import save_checkpoint  # noqa: E402
-from gpt2kit.generate import SamplingConfig, generate  # noqa: E402
-from gpt2kit.serve.command import load_served_model  # noqa: E402
+from gpt2kit.decoding import SamplingConfig, generate  # noqa: E402
+from gpt2kit.serve.engine_client import load_served_model  # noqa: E402
 from gpt2kit.serve.testing import running_server  # noqa: E402
 
 ALPHABET = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 ?!.,'<|>\n"
@@ -767,7 +767,7 @@ def test_the_page_escapes_the_model_id(chat_server):
 
 
 def test_queue_full_is_429(chat_ckpt):
-    from gpt2kit.batching import Request
+    from gpt2kit.decoding import Request
 
     served = load_served_model(chat_ckpt, max_batch=1, max_queue=0)
     with running_server(served) as url:

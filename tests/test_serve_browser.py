@@ -18,7 +18,7 @@ sync_api = pytest.importorskip(
     "playwright.sync_api", reason="needs playwright: pip install 'gpt2kit[test-serve]'"
 )
 
-from gpt2kit.serve.command import load_served_model  # noqa: E402
+from gpt2kit.serve.engine_client import load_served_model  # noqa: E402
 from gpt2kit.serve.testing import running_server  # noqa: E402
 
 CHROMIUM = os.environ.get("GPT2KIT_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")

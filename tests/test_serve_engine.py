@@ -11,8 +11,7 @@ import pytest
 import torch
 
 from gpt2kit import GPTConfig
-from gpt2kit.batching import BatchingEngine, Event, QueueFull, Request
-from gpt2kit.generate import SamplingConfig, generate
+from gpt2kit.decoding import BatchingEngine, Event, QueueFull, Request, SamplingConfig, generate
 from gpt2kit.model import GPT
 from gpt2kit.nn import RotaryPosition, SlidingWindowAttention
 from gpt2kit.tokenizers import CharTokenizer

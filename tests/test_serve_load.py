@@ -26,9 +26,8 @@ httpx = pytest.importorskip("httpx")
 
 from test_serve_api import tiny_checkpoint  # noqa: E402
 
-from gpt2kit.batching import BatchingEngine  # noqa: E402
-from gpt2kit.generate import SamplingConfig  # noqa: E402
-from gpt2kit.serve.command import load_served_model  # noqa: E402
+from gpt2kit.decoding import BatchingEngine, SamplingConfig  # noqa: E402
+from gpt2kit.serve.engine_client import load_served_model  # noqa: E402
 from gpt2kit.serve.testing import running_server  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -17,7 +17,7 @@ from slurmcluster import (
 from gpt2kit.ablate import ablate, load_study
 from gpt2kit.ablate.launcher import parse_time
 from gpt2kit.ablate.study import plan
-from gpt2kit.cli import main
+from gpt2kit.commands import main
 from gpt2kit.errors import GPT2KitError
 
 VALUES = ("variant", "seed", "status", "params", "steps", "tokens", "final_val_loss", "best_val_loss")

@@ -23,7 +23,7 @@ from slurmcluster import (
 
 from gpt2kit.ablate import ablate, load_study
 from gpt2kit.ablate.study import place, plan
-from gpt2kit.cli import main
+from gpt2kit.commands import main
 
 
 def test_signalled_job_is_requeued_and_resumes_to_the_same_weights(cluster, capsys):
@@ -31,7 +31,7 @@ def test_signalled_job_is_requeued_and_resumes_to_the_same_weights(cluster, caps
     slow = {"class_path": "slurm_helpers.Progress", "init_args": {"path": str(progress), "sleep_s": 0.5}}
     # No periodic last.ckpt within the run's 12 steps: it resumes from what the stop saved, or from nothing.
     rare = {
-        "class_path": "gpt2kit.resume.LastCheckpoint",
+        "class_path": "gpt2kit.training.resume.LastCheckpoint",
         "init_args": {"dirpath": "x", "every_n_train_steps": 100},
     }
     overrides = {"trainer.callbacks": [slow, rare], "trainer.max_steps": 12, "trainer.val_check_interval": 6}

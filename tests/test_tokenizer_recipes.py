@@ -11,7 +11,7 @@ import yaml
 from conftest import RECIPES, TINY
 
 from gpt2kit import GPT, GPTConfig
-from gpt2kit.cli import main
+from gpt2kit.commands import main
 from gpt2kit.data import TextDataModule
 
 PRETRAIN = RECIPES / "pretrain"

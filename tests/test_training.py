@@ -7,7 +7,7 @@ import torch
 from gpt2kit import GPT2KitError, preset
 from gpt2kit.checkpoint import load_module, read_checkpoint
 from gpt2kit.data import TextDataModule
-from gpt2kit.lit import GPTLitModule, OptimConfig, lr_factor
+from gpt2kit.training.lit import GPTLitModule, OptimConfig, lr_factor
 
 
 def _trainer(tmp_path, steps: int, **kw) -> L.Trainer:

@@ -177,8 +177,8 @@ def _finish(run: Run, start: float, status: str, error: str | None = None) -> No
 
 def _sequential(todo: Sequence[Run]) -> bool:
     """In this process: no interpreter start per run, and a traceback in the run's error.log on failure."""
-    from gpt2kit.lightning_cli import lightning_main
     from gpt2kit.parsing import program_args
+    from gpt2kit.training.cli import lightning_main
 
     for run in todo:
         interrupted = []

@@ -289,7 +289,7 @@ def _dir_name(name: str) -> str:
 
 def _fit_parser() -> Any:
     """The CLI's parser (``fit`` and the other subcommands), built once, that raises instead of exiting."""
-    from gpt2kit.lightning_cli import recipe_parser
+    from gpt2kit.training.cli import recipe_parser
 
     return recipe_parser()
 
@@ -453,7 +453,7 @@ def place(config: dict[str, Any], run_dir: Path) -> dict[str, Any]:
         every = min(100, max(1, steps // 10)) if steps > 0 else 100
         callbacks.append(
             {
-                "class_path": "gpt2kit.resume.LastCheckpoint",
+                "class_path": "gpt2kit.training.resume.LastCheckpoint",
                 "init_args": {"dirpath": checkpoints, "every_n_train_steps": every},
             }
         )

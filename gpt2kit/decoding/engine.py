@@ -562,7 +562,7 @@ class Engine:
 
 
 BatchingEngine = Engine
-"""The engine's former name (``gpt2kit.batching.BatchingEngine``)."""
+"""The engine's former name (``gpt2kit.decoding.BatchingEngine``)."""
 
 
 def _say(exc: BaseException) -> str:

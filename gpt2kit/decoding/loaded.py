@@ -4,7 +4,7 @@ Generating text needs a model, a tokenizer and (for a chat model) its template, 
 this loader rebuilds the :class:`~gpt2kit.model.GPT` directly from the checkpoint's stored component
 specs (:mod:`gpt2kit.spec`), applies the fine-tuning policy that shaped it (LoRA adds adapters; an
 adapters-only checkpoint takes its base weights from ``init_from``), loads the weights and converts them
-to the ``dtype`` asked for (``int8``: :func:`gpt2kit.quantize.quantize_int8`). ``generate``, ``chat``,
+to the ``dtype`` asked for (``int8``: :func:`gpt2kit.decoding.int8.quantize_int8`). ``generate``, ``chat``,
 ``serve``, ``evaluate`` and ``predict`` all start here; it imports neither Lightning nor the training code.
 
 The two errors every decoding command needs are said here, once: :meth:`LoadedModel.require_tokenizer`
@@ -27,11 +27,11 @@ import torch
 from gpt2kit.chat.template import ChatTemplate
 from gpt2kit.ckptfile import adapters_only, load_weights, module_hparams, read_checkpoint, stored_tokenizer
 from gpt2kit.config import GPTConfig, SamplingConfig
+from gpt2kit.decoding.int8 import quantize_int8
 from gpt2kit.errors import GPT2KitError
 from gpt2kit.finetune.policies import FreezePolicy
 from gpt2kit.finetune.pretrained import load_pretrained
 from gpt2kit.model import BASES, GPT, SLOTS
-from gpt2kit.quantize import quantize_int8
 from gpt2kit.spec import build_factory, build_instance, is_spec
 from gpt2kit.tokenizers import Tokenizer
 

@@ -26,7 +26,6 @@ by ``datasets`` the first time) and gpt2kit's offline ones in
 
 from gpt2kit.evaluate.adapter import GPT2KitLM, check_language_model, load_language_model
 from gpt2kit.evaluate.callback import LMEvalCallback
-from gpt2kit.evaluate.command import evaluate_command, lm_eval_main
 from gpt2kit.evaluate.tasks import (
     OFFLINE_TASKS,
     download_command,
@@ -43,8 +42,6 @@ __all__ = [
     "LMEvalCallback",
     "check_language_model",
     "download_command",
-    "evaluate_command",
-    "lm_eval_main",
     "load_language_model",
     "load_tasks",
     "metrics",

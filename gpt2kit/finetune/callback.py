@@ -11,7 +11,7 @@ from gpt2kit.errors import GPT2KitError
 from gpt2kit.finetune.policies import model_parts, parameter_table, set_trainable
 
 if TYPE_CHECKING:
-    from gpt2kit.lit import GPTLitModule
+    from gpt2kit.training.lit import GPTLitModule
 
 
 class FineTuning(L.Callback):

@@ -37,10 +37,10 @@ from torch import Tensor
 
 from gpt2kit.config import GPTConfig
 from gpt2kit.errors import GPT2KitError
-from gpt2kit.lit import GPTLitModule
 from gpt2kit.model import GPT2, SLOTS
 from gpt2kit.nn import LayerNorm
 from gpt2kit.tokenizers import HFTokenizer, Tokenizer
+from gpt2kit.training.lit import GPTLitModule
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ def running_server(
     import uvicorn
 
     from gpt2kit.serve.app import create_app
-    from gpt2kit.serve.command import GracefulServer, bind
+    from gpt2kit.serve.server import GracefulServer, bind
 
     app = create_app(served, api_key=api_key, **app_options)
     sock = bind("127.0.0.1", 0)

@@ -22,8 +22,6 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from torchmetrics import MeanMetric
 
-from gpt2kit import perf, resume
-from gpt2kit.callbacks import FinalValidation
 from gpt2kit.ckptfile import adapters_only, stored_tokenizer
 from gpt2kit.config import GPTConfig
 from gpt2kit.data.datamodule import IGNORE_INDEX
@@ -32,7 +30,11 @@ from gpt2kit.errors import GPT2KitError
 from gpt2kit.finetune import FreezePolicy, FullFineTune, kept_state, load_pretrained
 from gpt2kit.finetune.callback import FineTuning
 from gpt2kit.model import GPT, GPT2, AttentionFactory, HeadFactory, MLPFactory, NormFactory, PositionFactory
-from gpt2kit.optim import (
+from gpt2kit.spec import describe, spec_of
+from gpt2kit.tokenizers import Tokenizer
+from gpt2kit.training import perf, resume
+from gpt2kit.training.callbacks import FinalValidation
+from gpt2kit.training.optim import (
     GPT2AdamW,
     OptimizerFactory,
     Schedule,
@@ -40,8 +42,6 @@ from gpt2kit.optim import (
     build_optimizer,
     parameter_groups,
 )
-from gpt2kit.spec import describe, spec_of
-from gpt2kit.tokenizers import Tokenizer
 
 if TYPE_CHECKING:
     from gpt2kit.data.prompts import PromptBatch
@@ -54,7 +54,7 @@ DEFAULT_SCHEDULE = WarmupCosine()
 class OptimConfig:
     """The former ``model.optim`` (AdamW + warmup + cosine), kept so older recipes and checkpoints load.
 
-    New recipes set ``model.optimizer`` and ``model.schedule`` (see :mod:`gpt2kit.optim`); this one is
+    New recipes set ``model.optimizer`` and ``model.schedule`` (see :mod:`gpt2kit.training.optim`); this one is
     translated into them: ``GPT2AdamW(lr, betas, eps, weight_decay, fused)`` and
     ``WarmupCosine(warmup_steps, min_lr / lr, decay_steps)``.
     """
@@ -135,7 +135,7 @@ class GPTLitModule(L.LightningModule):
             mlp: the feed-forward sub-layer of every block.
             head: the output head.
             optimizer: the optimizer, built from the parameter groups (any torch.optim class by class_path,
-                with its own arguments; gpt2kit.optim.MuonAdamW for Muon + AdamW); see gpt2kit.optim.
+                with its own arguments; gpt2kit.training.optim.MuonAdamW for Muon + AdamW); see gpt2kit.training.optim.
             schedule: the learning-rate schedule, stepped every optimizer step (WarmupCosine,
                 WarmupStableDecay, Linear, Constant).
             optim: the older form of both (AdamW + warmup + cosine in one section), for older recipes and

@@ -1,16 +1,14 @@
-"""The recipe parser: LightningCLI wired for gpt2kit (fit / validate / test / predict, and ``prepare``).
+"""The recipe parser: LightningCLI wired for gpt2kit (fit / validate / test / predict).
 
 :class:`GPT2KitCLI` turns a recipe into a Trainer, a GPTLitModule and a DataModule -- component specs
 into factories, type-checked by jsonargparse -- and runs the subcommand. :func:`recipe_parser` is its
 parser alone, for callers that resolve recipes without running them (ablation studies).
-:mod:`gpt2kit.cli` dispatches to :func:`lightning_main`; errors are turned into one line there.
+:mod:`gpt2kit.commands` dispatches to :func:`lightning_main`; errors are turned into one line there.
 """
 
 from __future__ import annotations
 
-import argparse
 import functools
-import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -23,7 +21,7 @@ from gpt2kit.errors import GPT2KitError
 from gpt2kit.names import RegistryNames
 from gpt2kit.parsing import OneLineErrors, program_args
 
-__all__ = ["GPT2KitArgumentParser", "GPT2KitCLI", "lightning_main", "prepare_command", "recipe_parser"]
+__all__ = ["GPT2KitArgumentParser", "GPT2KitCLI", "lightning_main", "recipe_parser"]
 
 _SPECIAL_CKPT_PATHS = ("last", "best", "hpc")
 """Values of ``--ckpt_path`` that Lightning resolves itself."""
@@ -37,11 +35,11 @@ class GPT2KitArgumentParser(RegistryNames, OneLineErrors, LightningArgumentParse
 class GPT2KitCLI(LightningCLI):
     """LightningCLI wired for gpt2kit: the data decides vocab_size, the model decides block_size.
 
-    The Trainer's hardware flags are checked first (one-line errors, :mod:`gpt2kit.hardware`), and its
-    checkpoints are written atomically (:class:`gpt2kit.resume.AtomicCheckpointIO`) unless the recipe
+    The Trainer's hardware flags are checked first (one-line errors, :mod:`gpt2kit.training.hardware`), and its
+    checkpoints are written atomically (:class:`gpt2kit.training.resume.AtomicCheckpointIO`) unless the recipe
     brings its own CheckpointIO. A ``--ckpt_path`` file is checked (it exists, and holds only tensors and
     plain data) before anything is built or written. A step-based run's progress bar counts steps
-    (:func:`gpt2kit.callbacks.step_progress_bar`) unless the recipe brings its own.
+    (:func:`gpt2kit.training.callbacks.step_progress_bar`) unless the recipe brings its own.
     """
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
@@ -74,9 +72,9 @@ class GPT2KitCLI(LightningCLI):
         from lightning.pytorch.callbacks import ProgressBar
         from lightning.pytorch.plugins.io import CheckpointIO
 
-        from gpt2kit.callbacks import step_progress_bar
-        from gpt2kit.hardware import check_trainer_flags
-        from gpt2kit.resume import AtomicCheckpointIO
+        from gpt2kit.training.callbacks import step_progress_bar
+        from gpt2kit.training.hardware import check_trainer_flags
+        from gpt2kit.training.resume import AtomicCheckpointIO
 
         init = self.config_init[self.subcommand] if self.subcommand else self.config_init
         config = {**(init.get("trainer") or {}), **kwargs}
@@ -103,15 +101,15 @@ class GPT2KitCLI(LightningCLI):
 
 
 def _import_recipe_classes() -> None:
-    import gpt2kit.callbacks  # noqa: F401  short class names in recipes (JSONLWriter)
     import gpt2kit.data  # noqa: F401  short class names in recipes (TextDataModule, PromptDataModule)
+    import gpt2kit.training.callbacks  # noqa: F401  short class names in recipes (JSONLWriter)
 
 
 def lightning_main(args: Sequence[str] | None = None, run: bool = True) -> GPT2KitCLI:
     """Run LightningCLI on ``args`` (default: ``sys.argv``): ``fit --config RECIPE ...`` and the like."""
     import lightning as L
 
-    from gpt2kit.lit import GPTLitModule
+    from gpt2kit.training.lit import GPTLitModule
 
     _import_recipe_classes()
     return GPT2KitCLI(
@@ -144,7 +142,7 @@ def recipe_parser() -> LightningArgumentParser:
     """
     import lightning as L
 
-    from gpt2kit.lit import GPTLitModule
+    from gpt2kit.training.lit import GPTLitModule
 
     _import_recipe_classes()
     with program_args():
@@ -160,34 +158,3 @@ def recipe_parser() -> LightningArgumentParser:
             parser_class=GPT2KitArgumentParser,
         )
     return cli.parser
-
-
-def prepare_command(args: Sequence[str]) -> None:
-    """Prepare a recipe's data (tokenizer training, token shards) without training, with a progress bar.
-
-    Only the recipe's ``data:`` section is read; its other sections are accepted and ignored, and
-    ``--data.*`` overrides work as for ``fit``.
-    """
-    from jsonargparse import ActionConfigFile
-    from lightning import LightningDataModule
-
-    from gpt2kit.data import TextDataModule
-
-    parser = GPT2KitArgumentParser(prog="python -m gpt2kit prepare", description=prepare_command.__doc__)
-    parser.add_argument("-c", "--config", action=ActionConfigFile, help="a recipe; its data: section is used")
-    parser.add_lightning_class_args(LightningDataModule, "data", subclass_mode=True, required=True)
-    for section in ("seed_everything", "trainer", "model", "ckpt_path", "optimizer", "lr_scheduler"):
-        parser.add_argument(f"--{section}", type=Any, default=None, help=argparse.SUPPRESS)
-    cfg = parser.parse_args(list(args))
-    instantiate = getattr(parser, "instantiate", None) or parser.instantiate_classes
-    data = instantiate(cfg).data
-    if not isinstance(data, TextDataModule):
-        data.prepare_data()
-        return
-    prepared = data.prepared(progress=True)
-    meta = prepared.meta
-    sys.stdout.write(
-        f"{prepared.path}: {meta['train_tokens']:,} train + {meta['val_tokens']:,} val tokens "
-        f"({meta['tokenizer']}, vocab {meta['vocab_size']:,}, "
-        f"{meta['val_bytes'] / meta['val_tokens']:.2f} bytes per token, split: {meta['split']})\n"
-    )

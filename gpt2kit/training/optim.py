@@ -6,10 +6,10 @@ own classes work by class path, with their own arguments::
 
     model:
       optimizer:
-        class_path: torch.optim.AdamW            # or gpt2kit.optim.MuonAdamW, torch.optim.SGD, ...
+        class_path: torch.optim.AdamW            # or gpt2kit.training.optim.MuonAdamW, torch.optim.SGD, ...
         init_args: {lr: 1.0e-3, betas: [0.9, 0.99], weight_decay: 0.1}
       schedule:
-        class_path: gpt2kit.optim.WarmupStableDecay
+        class_path: gpt2kit.training.optim.WarmupStableDecay
         init_args: {warmup_steps: 100, cooldown_fraction: 0.2}
 
 The groups carry GPT-2's weight-decay rule (``weight_decay: 0.0`` on biases, norms and embeddings;
