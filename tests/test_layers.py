@@ -19,7 +19,18 @@ ROOT = Path(__file__).resolve().parents[1] / "gpt2kit"
 
 LAYERS = {
     # the former module names (gpt2kit.lit, ...) are aliases, see gpt2kit/_moved.py; it imports nothing
-    1: ["errors", "registry", "config", "corpora", "ckptfile", "parsing", "version", "spec", "names", "_moved"],
+    1: [
+        "errors",
+        "registry",
+        "config",
+        "corpora",
+        "ckptfile",
+        "parsing",
+        "version",
+        "spec",
+        "names",
+        "_moved",
+    ],
     2: ["nn"],
     3: ["model"],
     4: ["tokenizers"],
@@ -123,3 +134,36 @@ def test_former_module_names_still_import(old):
     module = importlib.import_module(old)
     assert module is importlib.import_module(MOVED[old])
     assert sys.modules[old] is module
+
+
+def test_a_checkpoint_written_before_the_move_loads(tmp_path):
+    """Checkpoints written before the layout change name gpt2kit.optim.GPT2AdamW and
+    gpt2kit.optim.WarmupCosine in their hyperparameters: they load, for training and for inference, in a
+    fresh process (where nothing has imported the new modules yet)."""
+    import subprocess
+    import textwrap
+
+    import torch
+
+    from gpt2kit.checkpoint import save_checkpoint
+    from gpt2kit.ckptfile import read_checkpoint
+    from gpt2kit.testing import tiny_config
+    from gpt2kit.training.lit import GPTLitModule
+
+    path = save_checkpoint(GPTLitModule(tiny_config()), tmp_path / "new.ckpt")
+    ckpt = read_checkpoint(path)
+    old = {**ckpt["hyper_parameters"]}
+    for key in ("optimizer", "schedule"):
+        assert old[key]["class_path"].startswith("gpt2kit.training.optim.")
+        old[key] = {**old[key], "class_path": old[key]["class_path"].replace(".training.optim.", ".optim.")}
+    torch.save({**ckpt, "hyper_parameters": old}, tmp_path / "old.ckpt")
+    script = textwrap.dedent(f"""
+        from gpt2kit.checkpoint import load_module
+        from gpt2kit.decoding import load_for_inference
+        module = load_module({str(tmp_path / "old.ckpt")!r})
+        print(type(module.schedule).__module__)
+        print(load_for_inference({str(tmp_path / "old.ckpt")!r}).model.config.n_layer)
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["gpt2kit.training.optim", str(tiny_config().n_layer)]
