@@ -766,6 +766,42 @@ def test_the_page_escapes_the_model_id(chat_server):
     assert page.count(html.escape(name, quote=True)) == 2  # the title and the model line
 
 
+def test_the_servers_sampling_options_fill_what_a_request_leaves_out(chat_ckpt, tmp_path, capsys):
+    """serve takes generate's sampling options; the checkpoint's recommended ones replace the defaults the
+    command line leaves; a request's own values win; the page starts from them."""
+    from fastapi.testclient import TestClient
+
+    from gpt2kit.commands import main
+    from gpt2kit.serve.app import create_app
+
+    with pytest.raises(SystemExit):
+        main(["serve", "--help"])
+    out = capsys.readouterr().out
+    assert all(f"--{o}" in out for o in ("temperature", "top_k", "repetition_penalty")), out
+
+    ckpt = torch.load(chat_ckpt, weights_only=True)
+    ckpt["gpt2kit"]["sampling"] = {"temperature": 0.0, "max_new_tokens": 5, "top_k": 7}
+    torch.save(ckpt, tmp_path / "recommends.ckpt")
+    served = load_served_model(
+        str(tmp_path / "recommends.ckpt"), max_batch=2, sampling=SamplingConfig(top_k=3)
+    )
+    d = served.sampling
+    assert (d.temperature, d.max_new_tokens, d.top_k) == (0.0, 5, 3)  # the command line's top_k wins
+    tok, model = served.tokenizer, served.engine.model
+    greedy = generate(model, [tok.encode("ab")], SamplingConfig(max_new_tokens=5, temperature=0), tok)[0]
+    sampled = generate(model, [tok.encode("ab")], SamplingConfig(max_new_tokens=9, temperature=1.5, top_k=3,
+                                                                 seed=4), tok)[0]  # fmt: skip
+    with TestClient(create_app(served)) as http:
+        left_out = http.post("/v1/completions", json={"model": "recommends", "prompt": "ab"}).json()
+        own = {"model": "recommends", "prompt": "ab", "temperature": 1.5, "max_tokens": 9, "seed": 4}
+        given = http.post("/v1/completions", json=own).json()
+        page = http.get("/").text
+    assert left_out["choices"][0]["text"] == greedy.text and left_out["usage"]["completion_tokens"] <= 5
+    assert given["choices"][0]["text"] == sampled.text
+    assert 'id="temperature" type="range" min="0" max="2" step="0.05" value="0"' in page
+    assert 'id="max_tokens" type="number" min="1" value="5"' in page
+
+
 def test_queue_full_is_429(chat_ckpt):
     from gpt2kit.decoding import Request
 

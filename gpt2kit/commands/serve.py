@@ -6,6 +6,7 @@ import logging
 import os
 from typing import Literal
 
+from gpt2kit.config import SamplingConfig
 from gpt2kit.errors import GPT2KitError
 
 log = logging.getLogger("gpt2kit")
@@ -25,6 +26,7 @@ def serve_command(
     device: str = "cpu",
     model_name: str | None = None,
     max_body_bytes: int = 1 << 20,
+    sampling: SamplingConfig | None = None,
 ) -> None:
     """Serve a checkpoint: an OpenAI-compatible API (/v1/completions, /v1/chat/completions) and a chat page.
 
@@ -40,6 +42,9 @@ def serve_command(
         device: torch device to run on (cpu, cuda, cuda:1, mps).
         model_name: the model id clients pass as "model" (default: the checkpoint's file name, no suffix).
         max_body_bytes: larger request bodies are refused with 413.
+        sampling: the sampling options (--temperature, --top_k, ..., the same as generate's; see
+            docs/generation.md), used for every field a request leaves out; the checkpoint's recommended
+            values replace the defaults left unchanged. A request's own values win.
     """
     try:
         import uvicorn
@@ -52,12 +57,15 @@ def serve_command(
             f"serving needs the 'serve' extra ({exc.name} is missing): pip install 'gpt2kit[serve]'"
         ) from None
     api_key = api_key or os.environ.get(API_KEY_ENV) or None
-    served = load_served_model(ckpt, device, dtype, max_batch, max_queue, model_name)
+    served = load_served_model(ckpt, device, dtype, max_batch, max_queue, model_name, sampling)
     app = create_app(served, api_key=api_key, max_body_bytes=max_body_bytes)
     sock = bind(host, port)
     url = f"http://{host if ':' not in host else f'[{host}]'}:{sock.getsockname()[1]}"
     log.info("serving %s (%s, %s, %d slots)", served.name, "chat + completions" if served.template else
              "completions only", dtype, max_batch)  # fmt: skip
+    d = served.sampling
+    log.info("request defaults: temperature %g, top_k %s, top_p %s, max_tokens %d (--temperature ... change "
+             "them; a request's own values win)", d.temperature, d.top_k, d.top_p, d.max_new_tokens)  # fmt: skip
     log.info("chat page: %s/", url)
     log.info("API:       %s/v1  (model id: %s%s)", url, served.name, ", key required" if api_key else "")
     if host not in ("127.0.0.1", "localhost", "::1") and not api_key:

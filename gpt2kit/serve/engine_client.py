@@ -48,7 +48,8 @@ class ServedModel:
     tokenizer: Tokenizer
     name: str
     template: ChatTemplate | None = None
-    default_max_tokens: int = 256
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    """The server's sampling options: a request's defaults for the fields it leaves out."""
     encoder: ChatEncoder | None = field(init=False)
     """The template bound to the tokenizer (None for a plain language model)."""
     created: int = field(init=False)
@@ -80,7 +81,7 @@ class Options:
 
     max_new_tokens: int
     temperature: float
-    top_p: float
+    top_p: float | None
     top_k: int | None
     stop: list[str]
     seed: int | None
@@ -125,13 +126,25 @@ class Pending:
 
 
 def load_served_model(
-    ckpt: str, device: str, dtype: str, max_batch: int, max_queue: int, name: str | None
+    ckpt: str,
+    device: str = "cpu",
+    dtype: str = "float32",
+    max_batch: int = 8,
+    max_queue: int = 64,
+    name: str | None = None,
+    sampling: SamplingConfig | None = None,
 ) -> ServedModel:
-    """A checkpoint's model in ``dtype`` behind a batching engine, with its tokenizer and template."""
+    """A checkpoint's model in ``dtype`` behind a batching engine, with its tokenizer and template.
+
+    ``sampling``: the server's defaults for what a request leaves out; the checkpoint's recommended
+    options replace the fields it leaves at SamplingConfig's defaults (as ``generate`` and ``chat`` do).
+    """
     loaded = load_for_inference(resolve_checkpoint(ckpt), device, dtype)
     tokenizer = loaded.require_tokenizer()
     engine = Engine(loaded.model, tokenizer, max_batch=max_batch, max_queue=max_queue)
-    return ServedModel(engine, tokenizer, name or Path(ckpt).stem, loaded.chat_template)
+    return ServedModel(
+        engine, tokenizer, name or Path(ckpt).stem, loaded.chat_template, sampling=loaded.sampling(sampling)
+    )
 
 
 # -- prompts --------------------------------------------------------------------------------------------------
@@ -188,13 +201,14 @@ def submit(served: ServedModel, prompts: list[list[int]], n: int, opts: Options,
             max_new_tokens=opts.max_new_tokens,
             temperature=opts.temperature,
             top_k=opts.top_k,
-            top_p=opts.top_p if opts.top_p < 1.0 else None,
+            top_p=opts.top_p,
             repetition_penalty=opts.repetition_penalty,
             presence_penalty=opts.presence_penalty,
             frequency_penalty=opts.frequency_penalty,
             stop=opts.stop,
             stop_token_ids=list(opts.stop_ids),
             seed=opts.seed,
+            stop_at_eot=served.sampling.stop_at_eot,
         )
     except GPT2KitError as exc:
         raise ApiError(400, str(exc)) from None

@@ -132,17 +132,21 @@ class StreamOptions(_Strict):
 class _Sampling(_Strict):
     """The options both endpoints share."""
 
+    # A sampling field left out (or null) takes the server's value: ``serve``'s sampling options, which
+    # start from the checkpoint's recommended ones (docs/serving.md, "Sampling defaults").
     model: str
     max_tokens: int | None = Field(None, ge=0)
-    temperature: float = Field(1.0, ge=0.0, le=2.0)
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
-    top_k: int | None = Field(None, ge=1, le=INT64_MAX)
+    temperature: float | None = Field(None, ge=0.0, le=2.0)
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    """1.0: no nucleus cut."""
+    top_k: int | None = Field(None, ge=0, le=INT64_MAX)
+    """0: no top-k cut."""
     n: int = Field(1, ge=1, le=MAX_N)
     stop: str | list[str] | None = Field(None)
     seed: int | None = Field(None, ge=INT64_MIN, le=INT64_MAX - MAX_N)  # choice j uses seed + j
-    presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
-    frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
-    repetition_penalty: float = Field(1.0, gt=0.0, le=10.0)
+    presence_penalty: float | None = Field(None, ge=-2.0, le=2.0)
+    frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0)
+    repetition_penalty: float | None = Field(None, gt=0.0, le=10.0)
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None
@@ -183,6 +187,7 @@ class _Sampling(_Strict):
 
     @property
     def stops(self) -> list[str]:
+        """The stop strings the body gives (``[]`` for none; see ``stop is None`` for "left out")."""
         return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
 
     @property

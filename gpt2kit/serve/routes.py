@@ -91,8 +91,18 @@ api_router = APIRouter(dependencies=[Depends(require_key)])
 
 @open_router.get("/", include_in_schema=False)
 async def page(request: Request) -> HTMLResponse:
+    """The chat page, its controls set to the server's sampling options (numbers, and the escaped model id)."""
+    served = served_of(request)
     text = resources.files("gpt2kit.serve").joinpath("static/index.html").read_text(encoding="utf-8")
-    return HTMLResponse(text.replace("{{MODEL}}", html.escape(served_of(request).name, quote=True)))
+    fields = {
+        "MODEL": html.escape(served.name, quote=True),
+        "TEMPERATURE": f"{served.sampling.temperature:g}",
+        "TOP_P": f"{served.sampling.top_p or 1.0:g}",
+        "MAX_TOKENS": str(min(served.sampling.max_new_tokens, served.block_size)),
+    }
+    for name, value in fields.items():
+        text = text.replace("{{" + name + "}}", value)
+    return HTMLResponse(text)
 
 
 @open_router.get("/health")
@@ -133,12 +143,12 @@ async def chat(request: Request) -> Response:
         )
     limit = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
     param = "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens"
-    limit = _max_tokens(served, limit, param, minimum=1, default=served.default_max_tokens)
+    limit = _max_tokens(served, limit, param, minimum=1, default=served.sampling.max_new_tokens)
     messages = [Message(m.role, m.text) for m in body.messages]  # text only: never a turn marker
     reply_room = max(1, min(limit, served.block_size // 4))  # the chat session's room for the reply
     ids, _ = engine.chat_prompt(served, messages, reply_room)
     top = (body.top_logprobs or 0) if body.logprobs else None
-    opts = _options(body, limit, logprobs=top, stop_ids=served.encoder.special_ids)
+    opts = _options(served, body, limit, logprobs=top, stop_ids=served.encoder.special_ids)
     pending = engine.submit(served, [ids], body.n, opts, param="messages")
     rid, created = f"chatcmpl-{secrets.token_hex(12)}", int(time.time())
     if body.stream:
@@ -154,8 +164,10 @@ async def completions(request: Request) -> Response:
     body: CompletionBody = validate(CompletionBody, await read_json(request))
     check_model(served, body.model)
     prompts = _prompts(served, body.prompt)
-    limit = _max_tokens(served, body.max_tokens, "max_tokens", minimum=0, default=16)
-    opts = _options(body, limit, logprobs=body.logprobs, echo=body.echo)
+    limit = _max_tokens(
+        served, body.max_tokens, "max_tokens", minimum=0, default=served.sampling.max_new_tokens
+    )
+    opts = _options(served, body, limit, logprobs=body.logprobs, echo=body.echo)
     pending = engine.submit(served, prompts, body.n, opts, param="prompt")
     rid, created = f"cmpl-{secrets.token_hex(12)}", int(time.time())
     if body.stream:
@@ -180,29 +192,38 @@ def _max_tokens(served: ServedModel, limit: int | None, param: str, minimum: int
 
 
 def _options(
+    served: ServedModel,
     body: ChatBody | CompletionBody,
     limit: int,
     logprobs: int | None,
     echo: bool = False,
     stop_ids: list[int] | None = None,
 ) -> Options:
+    """The request's decoding options: what the body sets, the server's sampling options for the rest."""
     if body.stream_options is not None and not body.stream:
         raise ApiError(
             400, "stream_options: only applies to a streamed request (stream: true)", param="stream_options"
         )
+    default = served.sampling
+
+    def pick(value, server_value):
+        return server_value if value is None else value
+
+    top_p = pick(body.top_p, default.top_p)
+    top_k = pick(body.top_k, default.top_k)
     return Options(
         max_new_tokens=limit,
-        temperature=body.temperature,
-        top_p=body.top_p,
-        top_k=body.top_k,
-        stop=body.stops,
-        seed=body.seed,
-        presence_penalty=body.presence_penalty,
-        frequency_penalty=body.frequency_penalty,
-        repetition_penalty=body.repetition_penalty,
+        temperature=pick(body.temperature, default.temperature),
+        top_p=None if top_p is None or top_p >= 1.0 else top_p,
+        top_k=top_k or None,
+        stop=body.stops if body.stop is not None else list(default.stop),
+        seed=pick(body.seed, default.seed),
+        presence_penalty=pick(body.presence_penalty, default.presence_penalty),
+        frequency_penalty=pick(body.frequency_penalty, default.frequency_penalty),
+        repetition_penalty=pick(body.repetition_penalty, default.repetition_penalty),
         logprobs=logprobs,
         echo=echo,
-        stop_ids=list(stop_ids or []),
+        stop_ids=[*default.stop_token_ids, *(stop_ids or [])],
     )
 
 
