@@ -11,7 +11,8 @@ import torch
 
 from gpt2kit import GPT, GPT2KitError, preset
 from gpt2kit.checkpoint import save_checkpoint
-from gpt2kit.commands import generate_command, main
+from gpt2kit.commands import main
+from gpt2kit.commands.generate import generate_command
 from gpt2kit.data import PromptDataModule
 from gpt2kit.decoding import (
     Engine,
