@@ -23,7 +23,17 @@ LAYERS = {
     # decoding: a checkpoint loaded for inference, the one engine, sampling, int8; the freeze policies and
     # LoRA shape the model a checkpoint holds (the loader rebuilds them), so they sit here too
     6: ["decoding", "generate", "batching", "quantize", "chat.session", "finetune"],
-    7: ["lit", "callbacks", "finetune.callback", "optim", "resume", "hardware", "perf", "components"],
+    7: [
+        "lit",
+        "callbacks",
+        "finetune.callback",
+        "optim",
+        "schedules",
+        "resume",
+        "hardware",
+        "perf",
+        "components",
+    ],
     8: ["checkpoint", "lightning_cli", "interop"],
     9: ["ablate", "chat.repl", "chat", "evaluate", "serve", "testing"],
     10: ["cli", "__main__", ""],  # "" is the package itself: gpt2kit/__init__.py, the public API
