@@ -224,6 +224,25 @@ def test_a_long_prompt_is_prefilled_in_chunks_with_the_same_result():
     assert req.tokens == generate(gpt, [prompt], cfg)[0].tokens
 
 
+def test_a_prompt_that_continues_a_kept_row_computes_only_the_rest_with_the_same_result():
+    gpt = model()
+    cfg = SamplingConfig(max_new_tokens=6, temperature=0)
+    engine = Engine(gpt, max_batch=1, prefill_tokens=4)  # the rest is prefilled in chunks too
+    first = engine.submit(Request([3, 1, 4, 1, 5], cfg, keep_cache=True))
+    engine.run_until_idle()
+    follow = first.prompt + first.tokens + [9, 2, 6, 5, 3, 5]
+    kept, fresh = [], []
+    second = engine.submit(Request(follow, cfg, kept.append, logprobs=0, keep_cache=True))
+    engine.run_until_idle()
+    assert second.reused == 5 + 6 - 1  # the last sampled token was never fed
+    alone_engine = Engine(gpt, max_batch=1)
+    alone = alone_engine.submit(Request(follow, cfg, fresh.append, logprobs=0))
+    alone_engine.run_until_idle()
+    assert second.tokens == alone.tokens
+    got = [lp.logprob for ev in kept for lp in ev.logprobs]
+    assert got == pytest.approx([lp.logprob for ev in fresh for lp in ev.logprobs], abs=1e-4)
+
+
 def test_the_loaded_model_s_config_is_json(lora_ckpt):
     json.dumps(load_for_inference(lora_ckpt).config)  # plain data, for logs and the server's /v1/models
 

@@ -153,9 +153,12 @@ def test_a_checkpoint_written_before_the_move_loads(tmp_path):
     path = save_checkpoint(GPTLitModule(tiny_config()), tmp_path / "new.ckpt")
     ckpt = read_checkpoint(path)
     old = {**ckpt["hyper_parameters"]}
-    for key in ("optimizer", "schedule"):
-        assert old[key]["class_path"].startswith("gpt2kit.training.optim.")
-        old[key] = {**old[key], "class_path": old[key]["class_path"].replace(".training.optim.", ".optim.")}
+    for key, module in (
+        ("optimizer", "gpt2kit.training.optim."),
+        ("schedule", "gpt2kit.training.schedules."),
+    ):
+        assert old[key]["class_path"].startswith(module)
+        old[key] = {**old[key], "class_path": old[key]["class_path"].replace(module, "gpt2kit.optim.")}
     torch.save({**ckpt, "hyper_parameters": old}, tmp_path / "old.ckpt")
     script = textwrap.dedent(f"""
         from gpt2kit.checkpoint import load_module
@@ -166,4 +169,4 @@ def test_a_checkpoint_written_before_the_move_loads(tmp_path):
     """)
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.split() == ["gpt2kit.training.optim", str(tiny_config().n_layer)]
+    assert out.stdout.split() == ["gpt2kit.training.schedules", str(tiny_config().n_layer)]

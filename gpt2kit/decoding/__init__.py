@@ -4,8 +4,9 @@
   config, without Lightning;
 * :mod:`~gpt2kit.decoding.sequence` — one request's rules (:class:`Request`): stop tokens and strings,
   seeded generator, incremental text, the context slide, the finish reason;
-* :mod:`~gpt2kit.decoding.engine` — :class:`Engine`: slots, continuous batching, batched prefill, the
-  batch-1 fast path (:mod:`~gpt2kit.decoding.slots`: the slot KV cache);
+* :mod:`~gpt2kit.decoding.engine` — :class:`Engine`: slots, continuous batching, the batch-1 fast path
+  (:mod:`~gpt2kit.decoding.slots`: the slot KV cache; :mod:`~gpt2kit.decoding.prefill`: prompts into
+  slot rows, batched and left-padded, or alone in chunks);
 * :mod:`~gpt2kit.decoding.static` — :func:`generate` (a static batch: submit all, run until idle) and
   :func:`stream_text`;
 * :mod:`~gpt2kit.decoding.sampling` — penalties, temperature, top-k, top-p.

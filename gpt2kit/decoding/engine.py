@@ -8,12 +8,11 @@ each, and runs a loop of steps:
 
 1. **Admit.** Queued requests take free slots, at most ``prefill_tokens`` prompt tokens per step (but at
    least one request), so the requests already decoding keep producing tokens while new ones arrive.
-   The requests admitted together are **prefilled as one batch**: prompts of different lengths are
-   *left*-padded to a common length; each row gets its own positions (its first real token is position
-   0) and a mask that hides the padding, so a padded row sees exactly what it would see alone. Each row's
-   keys and values are then copied into its slot and its first token is sampled. A prompt longer than
-   ``prefill_tokens`` is prefilled alone, in chunks of that many tokens. A request whose prompt starts
-   with the tokens a kept row holds (the next turn of a chat) computes only what follows them.
+   The requests admitted together are **prefilled as one batch** (left-padded, each row masked to see
+   what it would see alone; :mod:`~gpt2kit.decoding.prefill`), their rows copied into their slots and
+   their first tokens sampled. A prompt longer than ``prefill_tokens`` is prefilled alone, in chunks of
+   that many tokens. A request whose prompt starts with the tokens a kept row holds (the next turn of a
+   chat) computes only what follows them.
 2. **Decode.** One forward pass feeds every busy slot's last token at that slot's own position. The
    slot cache (:class:`SlotKVCache`) writes each row at its own length and marks the columns a row has
    not filled as invalid, so the attention mask hides them: a request sees exactly its own tokens,
@@ -43,6 +42,7 @@ import torch
 from torch import Tensor
 
 from gpt2kit.config import SamplingConfig
+from gpt2kit.decoding.prefill import batches, prefill_batch, prefill_row
 from gpt2kit.decoding.sampling import MatVecLinear, penalized, sample_next
 from gpt2kit.decoding.sequence import Event, Request, TokenLogprob
 from gpt2kit.decoding.slots import SlotKVCache
@@ -352,7 +352,7 @@ class Engine:
                 self._guarded([req], lambda r=req: self._prefill_one(r))
             else:
                 plain.append(req)
-        for group in self._groups(plain):
+        for group in batches(plain, self.prefill_tokens):
             self._guarded(group, lambda g=group: self._prefill_batch(g))
 
     def _guarded(self, reqs: list[Request], prefill) -> None:
@@ -363,35 +363,10 @@ class Engine:
             for req in reqs:
                 self._finish(req, "error", error=_say(exc))
 
-    def _groups(self, reqs: list[Request]) -> list[list[Request]]:
-        """Batches of prompts of similar lengths whose padded size stays within ``prefill_tokens``."""
-        groups: list[list[Request]] = []
-        for req in sorted(reqs, key=lambda r: len(r.prompt)):
-            group = groups[-1] if groups else None
-            if group is not None and (len(group) + 1) * len(req.prompt) <= self.prefill_tokens:
-                group.append(req)
-            else:
-                groups.append([req])
-        return groups
-
     def _prefill_batch(self, reqs: list[Request]) -> None:
-        """One left-padded forward over several prompts; each row goes into its request's slot."""
-        rows = [r.prompt for r in reqs]
-        lengths = [len(r) for r in rows]
-        L = max(lengths)
-        # Padding repeats the row's first token: it is masked out of attention, and keeps ids valid.
-        ids = torch.tensor([[r[0]] * (L - len(r)) + r for r in rows], device=self.device)  # (B, L)
-        pos = valid = None
-        if min(lengths) < L:
-            pad = torch.tensor([L - n for n in lengths], device=self.device)[:, None]  # (B, 1)
-            cols = torch.arange(L, device=self.device)[None, :]  # (1, L)
-            valid = cols >= pad  # (B, L) False on padding
-            pos = (cols - pad).clamp(min=0)  # (B, L) each row starts at position 0
-        tmp = self.model.new_cache(len(rows), L)
-        logits = self.model(ids, pos=pos, valid=valid, cache=tmp, last_only=True)[:, -1]  # (B, vocab)
-        for b, req in enumerate(reqs):
-            for slot_layer, layer in zip(self.cache, tmp, strict=True):
-                slot_layer.load_row(req.slot, layer, src_row=b, start=L - lengths[b])
+        """One left-padded forward over the prompts of ``reqs`` (:func:`~.prefill.prefill_batch`)."""
+        logits = prefill_batch(self.model, self.cache, [r.prompt for r in reqs], [r.slot for r in reqs])
+        for req in reqs:
             self._set_row(req.slot, list(req.prompt))
         self._first_tokens(reqs, logits)
 
@@ -402,30 +377,16 @@ class Engine:
         if req.want_prompt_logprobs:
             lp = logits[0].float().log_softmax(-1)  # (T, vocab): position j predicts token j + 1
             req.prompt_logprobs = [None] + [
-                self._logprob(lp[j], req.prompt[j + 1], req.logprobs or 0) for j in range(len(req.prompt) - 1)
+                TokenLogprob.of(lp[j], req.prompt[j + 1], req.logprobs or 0)
+                for j in range(len(req.prompt) - 1)
             ]
         self._first_tokens([req], logits[:, -1])
 
     def _prefill_row(self, slot: int, ids: list[int], reuse: int = 0, all_logits: bool = False) -> Tensor:
-        """Run ``ids[reuse:]`` through a one-row cache that starts with the slot's first ``reuse`` columns,
-        ``prefill_tokens`` at a time, and load the result into the slot; logits (1, T or 1, vocab)."""
-        tmp = self.model.new_cache(1, len(ids))
-        if reuse:
-            for slot_layer, layer in zip(self.cache, tmp, strict=True):
-                layer.k[0, :, :reuse] = slot_layer.k[slot, :, :reuse]
-                layer.v[0, :, :reuse] = slot_layer.v[slot, :, :reuse]
-                layer.pos[0, :reuse] = slot_layer.pos[slot, :reuse]
-                layer.valid[0, :reuse] = True
-                layer.length = reuse
-        chunk = len(ids) if all_logits else self.prefill_tokens
-        outs = []
-        for start in range(reuse, len(ids), chunk):
-            x = torch.tensor([ids[start : start + chunk]], device=self.device)  # positions continue
-            outs.append(self.model(x, cache=tmp, last_only=not all_logits))
-        for slot_layer, layer in zip(self.cache, tmp, strict=True):
-            slot_layer.load_row(slot, layer)
+        """:func:`~.prefill.prefill_row` in ``prefill_tokens`` chunks; the slot now holds ``ids``."""
+        logits = prefill_row(self.model, self.cache, slot, ids, reuse, self.prefill_tokens, all_logits)
         self._set_row(slot, list(ids))
-        return outs[-1] if not all_logits else torch.cat(outs, dim=1)
+        return logits
 
     def _set_row(self, slot: int, ids: list[int]) -> None:
         self.lengths[slot], self._row_ids[slot], self.kept[slot] = len(ids), ids, None
@@ -499,17 +460,9 @@ class Engine:
         want = [i for i, r in enumerate(reqs) if r.logprobs is not None]
         lps = logits[want].float().log_softmax(-1) if want else None
         for j, i in enumerate(want):
-            reqs[i].pending_logprob = self._logprob(lps[j], chosen[i], reqs[i].logprobs)
+            reqs[i].pending_logprob = TokenLogprob.of(lps[j], chosen[i], reqs[i].logprobs)
         for r, t in zip(reqs, chosen, strict=True):
             self._accept(r, t)
-
-    @staticmethod
-    def _logprob(lp: Tensor, token: int, top: int) -> TokenLogprob:
-        alts: list[tuple[int, float]] = []
-        if top:
-            values, idx = lp.topk(top)
-            alts = list(zip(idx.tolist(), values.tolist(), strict=True))
-        return TokenLogprob(int(token), float(lp[token]), alts)
 
     def _accept(self, req: Request, token: int) -> None:
         if req.first_token_at is None:

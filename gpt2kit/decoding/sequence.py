@@ -93,6 +93,15 @@ class TokenLogprob:
     top: list[tuple[int, float]] = field(default_factory=list)
     """The most likely alternatives at that position, most likely first."""
 
+    @classmethod
+    def of(cls, lp: Tensor, token: int, top: int) -> TokenLogprob:
+        """``token``'s entry in a row of log-probabilities ``lp`` (vocab,), with the ``top`` most likely."""
+        alts: list[tuple[int, float]] = []
+        if top:
+            values, idx = lp.topk(top)
+            alts = list(zip(idx.tolist(), values.tolist(), strict=True))
+        return cls(int(token), float(lp[token]), alts)
+
 
 @dataclass
 class Event:
