@@ -6,6 +6,7 @@ Tiny untrained models (2 layers, width 32): the tests check how requests are run
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 import torch
@@ -197,3 +198,41 @@ def test_engine_thread_serves_concurrent_submitters_and_stops_cleanly():
     long = engine.submit(Request(ps[0], greedy(10_000), listener=listen))
     engine.stop()
     assert long.finish_reason == "abort" and finals[-1] == "abort"
+
+
+def test_a_burst_at_an_idle_engine_is_prefilled_before_the_first_decode(monkeypatch):
+    """Clients that start together arrive a little apart: the idle engine gathers them (while each comes
+    within the gap of the last) and admits them all, whatever the per-step prefill budget, so every one
+    has its first token after the same step; a request after a pause is a new burst. (The gap is widened
+    here so that the test does not depend on how fast this machine's threads wake.)"""
+    from gpt2kit.decoding import engine as engine_module
+
+    monkeypatch.setattr(engine_module, "BURST_GAP_S", 0.25)
+    monkeypatch.setattr(engine_module, "BURST_WAIT_S", 2.0)
+    engine = BatchingEngine(tiny_model(), max_batch=4, prefill_tokens=8)  # budget: 1-2 prompts per step
+    first_step: dict[int, int] = {}
+    done = threading.Event()
+
+    def listener(i: int):
+        def listen(ev: Event) -> None:
+            if ev.tokens and i not in first_step:
+                first_step[i] = engine.stats.steps_total
+            if ev.finish_reason and len(first_step) == 5:
+                done.set()
+
+        return listen
+
+    engine.start()
+    try:
+        for i, p in enumerate(prompts(4, lo=6, hi=7)):
+            engine.submit(Request(p, greedy(3), listener=listener(i)))
+            time.sleep(0.02)  # well within the gap
+        while len(first_step) < 4:
+            time.sleep(0.01)
+        time.sleep(0.5)  # longer than the gap: the next request is a burst of its own
+        engine.submit(Request(prompts(1, seed=9)[0], greedy(3), listener=listener(4)))
+        assert done.wait(30)
+    finally:
+        engine.stop()
+    assert len({first_step[i] for i in range(4)}) == 1, first_step
+    assert first_step[4] > first_step[0]

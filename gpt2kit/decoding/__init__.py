@@ -28,8 +28,10 @@ from gpt2kit.decoding.sampling import encode_prompt, penalize, sample_next
 from gpt2kit.decoding.sequence import Completion, Detokenizer, Event, Request, TokenLogprob
 from gpt2kit.decoding.slots import SlotKVCache
 from gpt2kit.decoding.static import generate, stream_text
+from gpt2kit.decoding.stats import TTFT_BUCKETS
 
 __all__ = [
+    "TTFT_BUCKETS",
     "BatchingEngine",
     "Completion",
     "Detokenizer",

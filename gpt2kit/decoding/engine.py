@@ -7,7 +7,9 @@ while :meth:`Engine.start` runs the loop. The engine keeps a fixed number of **s
 each, and runs a loop of steps:
 
 1. **Admit.** Queued requests take free slots, at most ``prefill_tokens`` prompt tokens per step (but at
-   least one request), so the requests already decoding keep producing tokens while new ones arrive.
+   least one request), so the requests already decoding keep producing tokens while new ones arrive;
+   with none decoding, every queued request that has a slot (and a burst that arrives at an idle engine
+   is gathered first, for a few milliseconds).
    The requests admitted together are **prefilled as one batch** (left-padded, each row masked to see
    what it would see alone; :mod:`~gpt2kit.decoding.prefill`), their rows copied into their slots and
    their first tokens sampled. A prompt longer than ``prefill_tokens`` is prefilled alone, in chunks of
@@ -36,7 +38,6 @@ import logging
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -46,14 +47,16 @@ from gpt2kit.decoding.prefill import batches, prefill_batch, prefill_row
 from gpt2kit.decoding.sampling import MatVecLinear, penalized, sample_next
 from gpt2kit.decoding.sequence import Event, Request, TokenLogprob
 from gpt2kit.decoding.slots import SlotKVCache
+from gpt2kit.decoding.stats import EngineStats
 from gpt2kit.errors import GPT2KitError
 from gpt2kit.model import GPT
 from gpt2kit.tokenizers import Tokenizer
 
 log = logging.getLogger(__name__)
 
-TTFT_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-"""Upper bounds (seconds) of the time-to-first-token histogram in :class:`EngineStats`."""
+BURST_GAP_S, BURST_WAIT_S = 0.003, 0.02
+"""An idle engine woken by a request waits while more arrive, each within BURST_GAP_S of the last, for
+BURST_WAIT_S at most (:meth:`Engine._gather_burst`): clients that start together are prefilled together."""
 
 
 class QueueFull(GPT2KitError):
@@ -62,24 +65,6 @@ class QueueFull(GPT2KitError):
 
 class EngineStopped(GPT2KitError):
     """The engine is shutting down and takes no new requests."""
-
-
-@dataclass
-class EngineStats:
-    """Counters for ``/metrics``; read them with :meth:`Engine.snapshot`."""
-
-    requests_total: int = 0
-    """Requests finished (any reason)."""
-    requests_by_reason: dict[str, int] = field(default_factory=dict)
-    generated_tokens_total: int = 0
-    prompt_tokens_total: int = 0
-    ttft_buckets: list[int] = field(default_factory=lambda: [0] * (len(TTFT_BUCKETS) + 1))
-    """Counts per bucket of :data:`TTFT_BUCKETS` (not cumulative), the last one for +Inf."""
-    ttft_sum: float = 0.0
-    ttft_count: int = 0
-    steps_total: int = 0
-    active: int = 0
-    queued: int = 0
 
 
 class Engine:
@@ -165,19 +150,7 @@ class Engine:
     def snapshot(self) -> EngineStats:
         """A consistent copy of the counters."""
         with self._lock:
-            s = self.stats
-            return EngineStats(
-                s.requests_total,
-                dict(s.requests_by_reason),
-                s.generated_tokens_total,
-                s.prompt_tokens_total,
-                list(s.ttft_buckets),
-                s.ttft_sum,
-                s.ttft_count,
-                s.steps_total,
-                sum(r is not None for r in self.slots),
-                len(self.queue),
-            )
+            return self.stats.copy(active=sum(r is not None for r in self.slots), queued=len(self.queue))
 
     def start(self) -> None:
         """Run the step loop on a daemon thread until :meth:`stop`."""
@@ -262,12 +235,35 @@ class Engine:
     def _loop(self) -> None:
         while True:
             with self._lock:
+                idle = False
                 while not self._stopping and not self.queue and all(s is None for s in self.slots):
+                    idle = True
                     self._wake.wait()
+                if idle:
+                    self._gather_burst()
                 if self._stopping:
                     break
             self.step()
         self._abort_all()
+
+    def _gather_burst(self) -> None:
+        """Woken from idle by a request: let the rest of a burst arrive before the first prefill.
+
+        Clients that start together reach the server a few milliseconds apart; prefilling the first one
+        alone would make all the others wait for it and for a decode step. So the loop waits while
+        requests keep arriving (each within ``BURST_GAP_S`` of the last, ``BURST_WAIT_S`` at most) -- a
+        lone request loses ``BURST_GAP_S``, a burst is prefilled as one. (Called with the lock held.)
+        """
+        deadline = time.monotonic() + BURST_WAIT_S
+        seen = len(self.queue)
+        while not self._stopping and seen < self.max_batch:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            self._wake.wait(min(left, BURST_GAP_S))
+            if len(self.queue) == seen:
+                break  # nothing more arrived
+            seen = len(self.queue)
 
     def _abort_all(self) -> None:
         with self._lock:
@@ -297,7 +293,9 @@ class Engine:
         for req in dropped:
             self._finish(req, "abort")
         admitted: list[Request] = []
-        budget = self.prefill_tokens
+        # The budget keeps running requests producing tokens while new ones arrive; when none is running,
+        # every queued request that has a slot is admitted (a burst is prefilled before the first decode).
+        budget = self.prefill_tokens if any(self.slots) else float("inf")
         while None in self.slots:
             with self._lock:
                 if not self.queue or (admitted and budget <= 0):
@@ -506,12 +504,7 @@ class Engine:
 
     def _observe_ttft(self, seconds: float) -> None:
         with self._lock:
-            s = self.stats
-            s.ttft_sum += seconds
-            s.ttft_count += 1
-            s.ttft_buckets[
-                next((i for i, b in enumerate(TTFT_BUCKETS) if seconds <= b), len(TTFT_BUCKETS))
-            ] += 1
+            self.stats.observe_ttft(seconds)
 
 
 BatchingEngine = Engine

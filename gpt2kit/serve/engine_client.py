@@ -31,7 +31,7 @@ from gpt2kit.decoding import (
     load_for_inference,
 )
 from gpt2kit.decoding import Request as EngineRequest
-from gpt2kit.decoding.engine import TTFT_BUCKETS
+from gpt2kit.decoding.stats import TTFT_BUCKETS
 from gpt2kit.errors import GPT2KitError
 from gpt2kit.interop.hub import resolve_checkpoint
 from gpt2kit.serve.protocol import ApiError
