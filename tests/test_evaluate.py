@@ -123,6 +123,7 @@ def _per_request(results, task):
 
 
 def test_gpt2kit_backend_agrees_with_hf_backend(exported):
+    """Both backends give the same per request and metric, and those are the values computed by hand."""
     from lm_eval.models.huggingface import HFLM
 
     tmp, ckpt, out, module = exported
@@ -134,6 +135,18 @@ def test_gpt2kit_backend_agrees_with_hf_backend(exported):
     assert_same_per_request(ours, theirs, TASKS)
     gen = [r[0][0] for r in _per_request(ours, "t_gen")]
     assert any(gen) and not any("\n" in g or "." in g for g in gen)  # generated, and cut at the stops
+    # and both give the values computed here by hand
+    model, tok, got, rows = module.model.eval(), module.tokenizer, metrics(ours), task_rows(_lines()[1])
+    lls, acc, acc_norm = expected_mc(model, tok, rows["t_mc"], delimiter=" ")  # lm-eval's default
+    scored = [[ll for ((ll, _),) in r] for r in _per_request(ours, "t_mc")]
+    for by_hand, by_backend in zip(lls, scored, strict=True):
+        assert by_backend == pytest.approx(by_hand, abs=1e-4)
+    assert (got["t_mc/acc"], got["t_mc/acc_norm"]) == (acc, acc_norm)
+    texts = [r["text"] for r in rows["t_ppl"]]
+    lls = [expected_rolling(model, tok, text) for text in texts]
+    assert [r[0][0] for r in _per_request(ours, "t_ppl")] == pytest.approx(lls, abs=1e-3)
+    words = sum(len(re.split(r"\s+", t)) for t in texts)
+    assert got["t_ppl/word_perplexity"] == pytest.approx(math.exp(-sum(lls) / words), rel=1e-5)
 
 
 def assert_same_per_request(ours, theirs, tasks):
@@ -174,12 +187,10 @@ def test_char_model_without_end_of_text_in_the_hf_backend(tmp_path, caplog):
     newline = tok.encode("\n")[0]
     assert f"pretrained={out},prefix_token_id={newline} " in caplog.text
     write_tasks(tmp_path, lines)
-    tasks = ["t_mc", "t_ppl"]
-    ours = run_tasks(
-        GPT2KitLM(ckpt=str(ckpt), batch_size=3), tasks, include_path=[str(tmp_path)], log_samples=True
-    )
+    tasks, run = ["t_mc", "t_ppl"], dict(include_path=[str(tmp_path)], log_samples=True, limit=4)
+    ours = run_tasks(GPT2KitLM(ckpt=str(ckpt), batch_size=3), tasks, **run)
     hf = HFLM(pretrained=str(out), batch_size=3, device="cpu", dtype="float32", prefix_token_id=newline)
-    theirs = run_tasks(hf, tasks, include_path=[str(tmp_path)], log_samples=True)
+    theirs = run_tasks(hf, tasks, **run)
     assert_same_per_request(ours, theirs, tasks)
 
 
@@ -279,8 +290,8 @@ def test_shipped_offline_tasks_give_the_values_computed_by_hand(exported):
         lls, acc, acc_norm = expected_mc(model, tok, docs, delimiter="")  # the YAMLs' target_delimiter
         scored = [[ll for ((ll, _),) in r] for r in _per_request(results, task)]
         assert len(scored) == n and [len(s) for s in scored] == [len(d["choices"]) for d in docs]
-        for mine, theirs in zip(lls, scored, strict=True):
-            assert theirs == pytest.approx(mine, abs=1e-4), task
+        for by_hand, by_backend in zip(lls, scored, strict=True):
+            assert by_backend == pytest.approx(by_hand, abs=1e-4), task
         assert (got[f"{task}/acc"], got[f"{task}/acc_norm"]) == (acc, acc_norm), task
         assert results["n-samples"][task]["effective"] == n
     texts = [d["text"] for d in list(builders.shakespeare_ppl()["validation"])[:n]]
@@ -291,26 +302,6 @@ def test_shipped_offline_tasks_give_the_values_computed_by_hand(exported):
     assert got["shakespeare_ppl/word_perplexity"] == pytest.approx(math.exp(-sum(lls) / words), rel=1e-5)
     assert got["shakespeare_ppl/byte_perplexity"] == pytest.approx(math.exp(-sum(lls) / size), rel=1e-5)
     assert got["shakespeare_ppl/bits_per_byte"] == pytest.approx(-sum(lls) / size / math.log(2), rel=1e-5)
-
-
-def test_local_tasks_give_the_values_computed_by_hand(exported):
-    """The local multiple-choice and perplexity tasks, for both tokenizers, against the hand computation."""
-    tmp, ckpt, _, module = exported
-    model, tok = module.model.eval(), module.tokenizer
-    results = run_tasks(
-        GPT2KitLM(ckpt=str(ckpt), batch_size=3), ["t_mc", "t_ppl"], include_path=[str(tmp)], log_samples=True
-    )
-    got, rows = metrics(results), task_rows(_lines()[1])
-    lls, acc, acc_norm = expected_mc(model, tok, rows["t_mc"], delimiter=" ")  # lm-eval's default
-    scored = [[ll for ((ll, _),) in r] for r in _per_request(results, "t_mc")]
-    for mine, theirs in zip(lls, scored, strict=True):
-        assert theirs == pytest.approx(mine, abs=1e-4)
-    assert (got["t_mc/acc"], got["t_mc/acc_norm"]) == (acc, acc_norm)
-    texts = [r["text"] for r in rows["t_ppl"]]
-    lls = [expected_rolling(model, tok, text) for text in texts]
-    assert [r[0][0] for r in _per_request(results, "t_ppl")] == pytest.approx(lls, abs=1e-3)
-    words = sum(len(re.split(r"\s+", t)) for t in texts)
-    assert got["t_ppl/word_perplexity"] == pytest.approx(math.exp(-sum(lls) / words), rel=1e-5)
 
 
 # -- the metrics computed by hand: plain forward passes and log_softmax, no lm-eval, no adapter ----------

@@ -105,7 +105,9 @@ def test_local_completions_against_gpt2kit_serve_scores_as_the_gpt2kit_backend(t
     tok = CharTokenizer(special_tokens=["<|endoftext|>"])
     tok.train([text])
     torch.manual_seed(0)
-    module = GPTLitModule(tiny_config(vocab_size=tok.vocab_size, block_size=96))
+    # local-completions leaves one position of max_length for the token it asks for, so it cuts a text of
+    # block_size + 1 tokens one token shorter than the gpt2kit backend does: a context all items fit in
+    module = GPTLitModule(tiny_config(vocab_size=tok.vocab_size, block_size=128))
     with torch.no_grad():  # clear winners for greedy decoding (as test_evaluate)
         for p in module.parameters():
             if p.ndim == 2:
@@ -115,6 +117,7 @@ def test_local_completions_against_gpt2kit_serve_scores_as_the_gpt2kit_backend(t
     out = export_hf(ckpt, tmp_path / "hf")  # the tokenizer lm-eval counts tokens with
     test_evaluate.write_tasks(tmp_path, lines)
     tasks, limit = ["t_mc", "t_gen"], 4
+    docs = test_evaluate.task_rows(lines)["t_mc"][:limit]
     ours = run_tasks(
         GPT2KitLM(ckpt=str(ckpt), batch_size=4),
         tasks,
@@ -143,6 +146,7 @@ def test_local_completions_against_gpt2kit_serve_scores_as_the_gpt2kit_backend(t
     ):
         assert abs(a[0] - b[0]) <= 1e-4 and a[1] == b[1], (a, b)
     assert len(per_request(theirs, "t_mc")) == limit
+    assert max(len(tok.encode(d["context"] + " " + c)) for d in docs for c in d["choices"]) < 127
     gen = [r[0][0] for r in per_request(ours, "t_gen")]
     assert gen == [r[0][0] for r in per_request(theirs, "t_gen")] and any(gen)
     mine, peer = metrics(ours), metrics(theirs)
