@@ -3,11 +3,16 @@
 A tiny random gpt2kit model is exported with export-hf; both backends run the same local tasks (JSON
 files in the test's folder): multiple choice, rolling perplexity (texts longer than the context, so
 several windows), and generation with a stop string. Per request, the log-likelihoods agree within
-1e-4 and the generated texts are equal; so are the task metrics.
+1e-4 and the generated texts are equal; so are the task metrics. And the values are the right ones:
+on the fixed tiny model (seeded, 2 layers × 32) every score and metric of the local tasks, of the
+shipped offline tasks (recipes/eval) and of the evaluate command is computed here by hand from the
+documents (plain forward passes and log_softmax; no lm-eval, no adapter) and compared.
 """
 
 import json
+import logging
 import math
+import re
 
 import pytest
 import torch
@@ -64,8 +69,9 @@ def _lines():
     return text, [line for line in text.split("\n") if len(line) > 12]
 
 
-def write_tasks(folder, lines):
-    rows = {
+def task_rows(lines):
+    """The local tasks' documents, in order."""
+    return {
         "t_mc": [
             {"context": lines[i] + "\n", "choices": [lines[i + 1], lines[i + 7], lines[i + 13]], "label": 0}
             for i in range(0, 60, 6)
@@ -73,6 +79,10 @@ def write_tasks(folder, lines):
         "t_ppl": [{"text": "\n".join(lines[i : i + 8])} for i in range(0, 48, 8)],
         "t_gen": [{"prompt": lines[i][:8], "answer": lines[i][8:]} for i in range(0, 8)],
     }
+
+
+def write_tasks(folder, lines):
+    rows = task_rows(lines)
     for name, spec in TASKS.items():
         data = folder / f"{name}.jsonl"
         data.write_text("".join(json.dumps(r) + "\n" for r in rows[name]))
@@ -116,6 +126,7 @@ def _per_request(results, task):
 
 
 def test_gpt2kit_backend_agrees_with_hf_backend(exported):
+    """Both backends give the same per request and metric, and those are the values computed by hand."""
     from lm_eval.models.huggingface import HFLM
 
     tmp, ckpt, out, module = exported
@@ -124,7 +135,26 @@ def test_gpt2kit_backend_agrees_with_hf_backend(exported):
     )
     hf = HFLM(pretrained=str(out), batch_size=3, device="cpu", dtype="float32")
     theirs = run_tasks(hf, list(TASKS), include_path=[str(tmp)], log_samples=True)
-    for task in TASKS:
+    assert_same_per_request(ours, theirs, TASKS)
+    gen = [r[0][0] for r in _per_request(ours, "t_gen")]
+    assert any(gen) and not any("\n" in g or "." in g for g in gen)  # generated, and cut at the stops
+    # and both give the values computed here by hand
+    model, tok, got, rows = module.model.eval(), module.tokenizer, metrics(ours), task_rows(_lines()[1])
+    lls, acc, acc_norm = expected_mc(model, tok, rows["t_mc"], delimiter=" ")  # lm-eval's default
+    scored = [[ll for ((ll, _),) in r] for r in _per_request(ours, "t_mc")]
+    for by_hand, by_backend in zip(lls, scored, strict=True):
+        assert by_backend == pytest.approx(by_hand, abs=1e-4)
+    assert (got["t_mc/acc"], got["t_mc/acc_norm"]) == (acc, acc_norm)
+    texts = [r["text"] for r in rows["t_ppl"]]
+    lls = [expected_rolling(model, tok, text) for text in texts]
+    assert [r[0][0] for r in _per_request(ours, "t_ppl")] == pytest.approx(lls, abs=1e-3)
+    words = sum(len(re.split(r"\s+", t)) for t in texts)
+    assert got["t_ppl/word_perplexity"] == pytest.approx(math.exp(-sum(lls) / words), rel=1e-5)
+
+
+def assert_same_per_request(ours, theirs, tasks):
+    """Per request the same log-likelihoods (within 1e-4), greedy flags and texts; the same metrics."""
+    for task in tasks:
         a, b = _per_request(ours, task), _per_request(theirs, task)
         assert len(a) == len(b) > 0
         for ra, rb in zip(a, b, strict=True):
@@ -139,8 +169,32 @@ def test_gpt2kit_backend_agrees_with_hf_backend(exported):
     assert mine.keys() == peer.keys() and "t_mc/acc" in mine and "t_ppl/word_perplexity" in mine
     for key in mine:
         assert math.isclose(mine[key], peer[key], rel_tol=1e-5, abs_tol=1e-6), (key, mine[key], peer[key])
-    gen = [r[0][0] for r in _per_request(ours, "t_gen")]
-    assert any(gen) and not any("\n" in g or "." in g for g in gen)  # generated, and cut at the stops
+
+
+def test_char_model_without_end_of_text_in_the_hf_backend(tmp_path, caplog):
+    """A char tokenizer with no <|endoftext|> (nanoGPT's Shakespeare recipe): the exported tokenizer has no
+    eos/bos, export says what lm-eval's hf backend needs (prefix_token_id: the newline), and with it that
+    backend scores multiple choice and rolling perplexity as the gpt2kit backend does."""
+    from lm_eval.models.huggingface import HFLM
+
+    text, lines = _lines()
+    tok = CharTokenizer()
+    tok.train([text])
+    assert tok.eot_id is None
+    torch.manual_seed(0)
+    module = GPTLitModule(tiny_config(vocab_size=tok.vocab_size, block_size=96))
+    module.tokenizer = tok
+    ckpt = save_checkpoint(module, tmp_path / "plain.ckpt")
+    with caplog.at_level(logging.WARNING, logger="gpt2kit.interop.hf"):
+        out = export_hf(ckpt, tmp_path / "hf")
+    newline = tok.encode("\n")[0]
+    assert f"pretrained={out},prefix_token_id={newline} " in caplog.text
+    write_tasks(tmp_path, lines)
+    tasks, run = ["t_mc", "t_ppl"], dict(include_path=[str(tmp_path)], log_samples=True, limit=4)
+    ours = run_tasks(GPT2KitLM(ckpt=str(ckpt), batch_size=3), tasks, **run)
+    hf = HFLM(pretrained=str(out), batch_size=3, device="cpu", dtype="float32", prefix_token_id=newline)
+    theirs = run_tasks(hf, tasks, **run)
+    assert_same_per_request(ours, theirs, tasks)
 
 
 def test_rolling_loglikelihood_is_the_sum_over_the_text(exported):
@@ -170,14 +224,16 @@ def test_rolling_loglikelihood_is_the_sum_over_the_text(exported):
 
 
 def test_evaluate_command_prints_table_and_writes_metrics(exported, tmp_path, capsys):
-    tmp, ckpt, _, _ = exported
+    tmp, ckpt, _, module = exported
     out = tmp_path / "r.json"
     args = ["evaluate", "--ckpt", str(ckpt), "--tasks", "t_mc,t_gen", "--include_path", str(tmp)]
     main([*args, "--limit", "4", "--output", str(out)])
     printed = capsys.readouterr().out
     assert "t_mc" in printed and "acc" in printed
     record = json.loads(out.read_text())
-    assert 0.0 <= record["metrics"]["t_mc/acc"] <= 1.0
+    docs = task_rows(_lines()[1])["t_mc"][:4]
+    _, acc, acc_norm = expected_mc(module.model.eval(), module.tokenizer, docs, delimiter=" ")
+    assert record["metrics"]["t_mc/acc"] == acc and record["metrics"]["t_mc/acc_norm"] == acc_norm
     assert record["n-samples"]["t_mc"]["effective"] == 4
 
 
@@ -222,15 +278,91 @@ def _classifier():
     return functools.partial(SequenceClassificationHead, num_classes=3)
 
 
-def test_shipped_offline_tasks_run(exported):
-    """recipes/eval's tasks (built from GPT2KIT_DATA's corpora) run with no network."""
+def test_shipped_offline_tasks_give_the_values_computed_by_hand(exported):
+    """recipes/eval's tasks (built from GPT2KIT_DATA's corpora) run with no network, and every score and
+    metric is the one computed here from the documents with plain forward passes."""
     _, ckpt, _, module = exported
     if isinstance(module.tokenizer, CharTokenizer):
         pytest.skip("Chinese text needs a byte-level tokenizer: checked with the BPE model")
+    model, tok, n = module.model.eval(), module.tokenizer, 3
     tasks = ["shakespeare_mc", "zh_poetry_mc", "shakespeare_ppl"]
-    results = run_tasks(GPT2KitLM(ckpt=str(ckpt), batch_size=4), tasks, limit=3)
-    got = metrics(results)
+    results = run_tasks(GPT2KitLM(ckpt=str(ckpt), batch_size=4), tasks, limit=n, log_samples=True)
+    got, builders = metrics(results), _recipe_builders()
     for task in ("shakespeare_mc", "zh_poetry_mc"):
-        assert 0.0 <= got[f"{task}/acc"] <= 1.0
-        assert results["n-samples"][task]["effective"] == 3
-    assert got["shakespeare_ppl/bits_per_byte"] > 0
+        docs = list(getattr(builders, task)()["validation"])[:n]
+        lls, acc, acc_norm = expected_mc(model, tok, docs, delimiter="")  # the YAMLs' target_delimiter
+        scored = [[ll for ((ll, _),) in r] for r in _per_request(results, task)]
+        assert len(scored) == n and [len(s) for s in scored] == [len(d["choices"]) for d in docs]
+        for by_hand, by_backend in zip(lls, scored, strict=True):
+            assert by_backend == pytest.approx(by_hand, abs=1e-4), task
+        assert (got[f"{task}/acc"], got[f"{task}/acc_norm"]) == (acc, acc_norm), task
+        assert results["n-samples"][task]["effective"] == n
+    texts = [d["text"] for d in list(builders.shakespeare_ppl()["validation"])[:n]]
+    lls = [expected_rolling(model, tok, text) for text in texts]
+    assert [r[0][0] for r in _per_request(results, "shakespeare_ppl")] == pytest.approx(lls, abs=1e-3)
+    words = sum(len(re.split(r"\s+", t)) for t in texts)
+    size = sum(len(t.encode("utf-8")) for t in texts)
+    assert got["shakespeare_ppl/word_perplexity"] == pytest.approx(math.exp(-sum(lls) / words), rel=1e-5)
+    assert got["shakespeare_ppl/byte_perplexity"] == pytest.approx(math.exp(-sum(lls) / size), rel=1e-5)
+    assert got["shakespeare_ppl/bits_per_byte"] == pytest.approx(-sum(lls) / size / math.log(2), rel=1e-5)
+
+
+# -- the metrics computed by hand: plain forward passes and log_softmax, no lm-eval, no adapter ----------
+
+
+def _recipe_builders():
+    """recipes/eval/utils.py, the offline tasks' dataset builders, as a module."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "recipes" / "eval" / "utils.py"
+    spec = importlib.util.spec_from_file_location("recipes_eval_utils", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@torch.no_grad()
+def _score(model, context, continuation):
+    """log p(continuation | context), summed: one forward pass over the last block_size + 1 tokens."""
+    ids = (context + continuation)[-(model.config.block_size + 1) :]
+    logp = model(torch.tensor([ids[:-1]]))[0].float().log_softmax(-1)  # (T, vocab): row t predicts ids[t+1]
+    rows = logp[-len(continuation) :]
+    return rows.gather(-1, torch.tensor(continuation)[:, None]).sum().item()
+
+
+def _pair(tok, context, continuation):
+    """lm-eval's ids for (context, continuation): the context's trailing whitespace joins the continuation,
+    whose ids are those of the whole text after the context's."""
+    assert context  # (an empty context would be the end-of-text token)
+    n = len(context) - len(context.rstrip())
+    if n:
+        context, continuation = context[:-n], context[-n:] + continuation
+    whole, ctx = tok.encode(context + continuation), tok.encode(context)
+    return ctx, whole[len(ctx) :]
+
+
+def expected_mc(model, tok, docs, delimiter):
+    """Per document the choices' log-likelihoods; acc (the best sum is the label) and acc_norm (the best
+    sum per character of the choice), each a mean over the documents."""
+    lls, acc, acc_norm = [], 0, 0
+    for doc in docs:
+        scores = [_score(model, *_pair(tok, doc["context"], delimiter + c)) for c in doc["choices"]]
+        lls.append(scores)
+        per_char = [s / len(c) for s, c in zip(scores, doc["choices"], strict=True)]
+        acc += max(range(len(scores)), key=scores.__getitem__) == doc["label"]
+        acc_norm += max(range(len(scores)), key=per_char.__getitem__) == doc["label"]
+    return lls, acc / len(docs), acc_norm / len(docs)
+
+
+def expected_rolling(model, tok, text):
+    """log p(text) after the end-of-text token: the tokens in disjoint chunks of block_size, each token
+    seeing the block_size tokens that end where its chunk ends."""
+    assert tok.eot_id is not None
+    ids, block = tok.encode(text), model.config.block_size
+    full = [tok.eot_id, *ids]  # full[i + 1] is ids[i]
+    total = 0.0
+    for start in range(0, len(ids), block):
+        end = min(start + block, len(ids))
+        total += _score(model, full[: start + 1], full[start + 1 : end + 1])
+    return total

@@ -42,7 +42,7 @@ def _tokenizer(kind: str):
         tok = ByteLevelBPETokenizer(vocab_size=400)
         tok.train([_text(), *ZH])
         return tok
-    tok = CharTokenizer(special_tokens=["<|endoftext|>"])
+    tok = CharTokenizer(special_tokens=["<|endoftext|>"] if kind == "char" else [])  # "char-plain": none
     tok.train([_text(), *ZH, *SAMPLES])
     return tok
 
@@ -59,7 +59,7 @@ def _export(tmp_path, tok, template=None, name="hf"):
     return ckpt, export_hf(ckpt, tmp_path / name)
 
 
-@pytest.mark.parametrize("kind", ["gpt2", "bpe", "char"])
+@pytest.mark.parametrize("kind", ["gpt2", "bpe", "char", "char-plain"])
 def test_exported_tokenizer_gives_gpt2kit_ids(tmp_path, kind):
     tok = _tokenizer(kind)
     _, out = _export(tmp_path, tok)
@@ -73,9 +73,13 @@ def test_exported_tokenizer_gives_gpt2kit_ids(tmp_path, kind):
         assert auto.encode(text, add_special_tokens=False) == ids, text
         assert auto.decode(ids) == tok.decode(ids) == text
     eot = tok.token_id("<|endoftext|>")
-    assert auto.convert_tokens_to_ids("<|endoftext|>") == eot
     assert len(auto) == tok.vocab_size
     assert auto.eos_token_id == eot
+    if eot is None:  # nanoGPT's char tokenizer: no end-of-text token, so no special token at all
+        assert kind == "char-plain" and auto.bos_token_id is None and not auto.all_special_ids
+        assert auto.decode(ids, skip_special_tokens=True) == text  # no character is special
+    else:
+        assert auto.convert_tokens_to_ids("<|endoftext|>") == eot
 
 
 def test_gpt2_model_and_tokenizer_load_in_transformers_and_generate(tmp_path):

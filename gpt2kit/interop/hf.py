@@ -292,4 +292,25 @@ def export_hf(ckpt: str | Path, out_dir: str | Path) -> Path:
     if tok is not None:
         (out_dir / TOKENIZER_FILE).write_text(tok.to_json(), encoding="utf-8")
         save_hf_tokenizer(tok, out_dir, module.chat_template)  # what AutoTokenizer reads
+        if eot is None:
+            log.warning("%s", _no_end_of_text_hint(tok, out_dir))
     return out_dir
+
+
+def _no_end_of_text_hint(tok: Tokenizer, out_dir: Path) -> str:
+    """What lm-eval's ``hf`` backend needs for a tokenizer without an end-of-text token (no eos, no bos)."""
+    head = f"the tokenizer has no <|endoftext|>, so {out_dir}'s tokenizer has no eos/bos token: "
+    try:
+        newline = tok.encode("\n")
+    except GPT2KitError:
+        newline = []
+    if len(newline) != 1:
+        return head + (
+            "lm-eval's hf backend can score only tasks whose contexts are never empty, and no generate_until "
+            "task; use --model gpt2kit (python -m gpt2kit evaluate) for the others"
+        )
+    return head + (
+        f"for lm-eval's hf backend pass --model_args pretrained={out_dir},prefix_token_id={newline[0]} (the "
+        "newline, which gpt2kit's backend starts an empty context with); generate_until tasks need an eos "
+        "token: run those with --model gpt2kit (python -m gpt2kit evaluate)"
+    )
