@@ -24,9 +24,9 @@ import test_evaluate  # noqa: E402
 from gpt2kit.checkpoint import save_checkpoint  # noqa: E402
 from gpt2kit.evaluate import GPT2KitLM, metrics, run_tasks  # noqa: E402
 from gpt2kit.interop.hf import export_hf  # noqa: E402
-from gpt2kit.lit import GPTLitModule  # noqa: E402
 from gpt2kit.testing import tiny_config  # noqa: E402
 from gpt2kit.tokenizers import CharTokenizer  # noqa: E402
+from gpt2kit.training.lit import GPTLitModule  # noqa: E402
 
 KEY = "sk-lm-eval-test"
 
@@ -98,7 +98,7 @@ def test_local_completions_against_gpt2kit_serve_scores_as_the_gpt2kit_backend(t
         pytest.skip(f"lm-eval's api packages {missing} are not installed: pip install -e '.[eval]'")
     from lm_eval.models.openai_completions import LocalCompletionsAPI
 
-    from gpt2kit.serve.command import load_served_model
+    from gpt2kit.serve.engine_client import load_served_model
     from gpt2kit.serve.testing import running_server
 
     text, lines = test_evaluate._lines()
