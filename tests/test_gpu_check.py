@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
-import os
 import re
-import subprocess
 import sys
 from pathlib import Path
 
@@ -15,13 +13,24 @@ import torch
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"
 
 
-def test_dry_mode_prints_one_table_with_every_row(tmp_path):
-    env = {**os.environ, "GPT2KIT_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(
-        [sys.executable, str(SCRIPT), "--dry"], capture_output=True, text=True, timeout=300, env=env
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    table = [line for line in done.stdout.splitlines() if line.startswith("| ")]
+@pytest.fixture
+def gpu_check(monkeypatch):
+    """The script as a module (its main() reads sys.argv), imported afresh."""
+    spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "gpu_check", module)  # its dataclass looks itself up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_dry_mode_prints_one_table_with_every_row(gpu_check, tmp_path, monkeypatch, capsys):
+    # In this process (no interpreter, torch and Lightning start: most of what a subprocess would cost),
+    # one thread as in the other tests.
+    monkeypatch.setenv("GPT2KIT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(sys, "argv", ["gpu_check.py", "--dry"])
+    gpu_check.main()  # returns: no SystemExit
+    done = capsys.readouterr()
+    table = [line for line in done.out.splitlines() if line.startswith("| ")]
     assert table[0].startswith("| run | ms/step | tokens/s | MFU | peak memory |")
     rows = {line.split(" | ")[0].removeprefix("| "): line.split(" | ") for line in table[1:]}
     for name in ("gpt2kit AdamW, eager", "gpt2kit AdamW, compile", "gpt2kit MuonAdamW, compile"):
@@ -30,14 +39,11 @@ def test_dry_mode_prints_one_table_with_every_row(tmp_path):
         assert re.fullmatch(r"\d+\.\d%", cells[3])  # MFU against the peak named above the table
     assert rows["gpt2kit AdamW, eager"][5] == "1.00×"
     assert float(rows["torch.optim.Muon step"][1]) > 0 and float(rows["gpt2kit BatchedMuon step"][1]) > 0
-    assert "peak for MFU" in done.stdout and "nanoGPT" not in done.stdout  # no checkout given: no row
+    assert "peak for MFU" in done.out and "nanoGPT" not in done.out  # no checkout given: no row
 
 
-def test_without_a_gpu_or_dry_it_says_what_to_do(monkeypatch, capsys):
-    spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "gpu_check", module)  # its dataclass looks itself up there
-    spec.loader.exec_module(module)
+def test_without_a_gpu_or_dry_it_says_what_to_do(gpu_check, monkeypatch, capsys):
+    module = gpu_check
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(sys, "argv", ["gpu_check.py"])
     with pytest.raises(SystemExit, match="error: no CUDA device: run on a GPU, or pass --dry"):

@@ -9,6 +9,7 @@ import logging
 import pytest
 from slurmcluster import (
     read_csv,
+    run_here,
     state,
     submit_and_wait,
     write_study,
@@ -27,9 +28,10 @@ def test_study_through_slurm_equals_local(cluster, caplog):
     caplog.set_level(logging.INFO, logger="gpt2kit.ablate")
     spec = {"seeds": [1, 2], "variants": {"gpt2": {}, "rms": {"model.norm": "RMSNorm"}}}
     on_slurm = load_study(write_study(cluster, "slurm", **spec))
-    submit_and_wait(on_slurm)
+    ablate(on_slurm, launcher="slurm")  # submitted; the local runs train while SLURM runs the jobs
     local = load_study(write_study(cluster, "local", **spec))
-    ablate(local, parallel=2)  # one thread per run, as each job has
+    run_here(local)
+    submit_and_wait(load_study(on_slurm.path))  # submits nothing (queued, running or done): waits, reports
 
     got, want = read_csv(on_slurm.out_dir / "results.csv"), read_csv(local.out_dir / "results.csv")
     assert [{k: r[k] for k in VALUES} for r in got] == [{k: r[k] for k in VALUES} for r in want]

@@ -15,8 +15,11 @@ from slurmcluster import (
     WAIT_S,
     assert_same_weights,
     read_csv,
+    run_here,
+    sbatch,
     state,
     submit_and_wait,
+    wait_job,
     weights,
     write_study,
 )
@@ -28,13 +31,14 @@ from gpt2kit.commands import main
 
 def test_signalled_job_is_requeued_and_resumes_to_the_same_weights(cluster, capsys):
     progress = cluster / "progress"
-    slow = {"class_path": "slurm_helpers.Progress", "init_args": {"path": str(progress), "sleep_s": 0.5}}
+    # Held at the end of step 3 (global step 4) until the signal comes: surely mid-training when signalled.
+    held = {"class_path": "slurm_helpers.Progress", "init_args": {"path": str(progress), "hold_at": 4}}
     # No periodic last.ckpt within the run's 12 steps: it resumes from what the stop saved, or from nothing.
     rare = {
         "class_path": "gpt2kit.training.resume.LastCheckpoint",
         "init_args": {"dirpath": "x", "every_n_train_steps": 100},
     }
-    overrides = {"trainer.callbacks": [slow, rare], "trainer.max_steps": 12, "trainer.val_check_interval": 6}
+    overrides = {"trainer.callbacks": [held, rare], "trainer.max_steps": 12, "trainer.val_check_interval": 6}
     path = write_study(cluster, "signalled", seeds=[1], variants={"gpt2": {}}, overrides=overrides)
     study = load_study(path)
     ablate(study, launcher="slurm")
@@ -44,7 +48,7 @@ def test_signalled_job_is_requeued_and_resumes_to_the_same_weights(cluster, caps
     deadline = time.monotonic() + WAIT_S
     while not (progress.is_file() and len(progress.read_text().splitlines()) >= 4):  # mid-training
         assert time.monotonic() < deadline, "the job did not start training"
-        time.sleep(0.2)
+        time.sleep(0.1)
     subprocess.run(["scancel", "--signal=USR2", job], check=True)  # what SLURM sends before a time-out
     # slurmctld holds a requeued job back for ~2 minutes (its BeginTime); release it at once, to keep the
     # test short: what is tested, the requeue and the resume, is unchanged.
@@ -54,7 +58,14 @@ def test_signalled_job_is_requeued_and_resumes_to_the_same_weights(cluster, caps
         if out.stdout.split()[:2] == ["PENDING", "BeginTime"]:
             subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True)
             break
-        time.sleep(0.5)
+        time.sleep(0.2)
+    # The same run uninterrupted, here (no hold: it is never signalled), while SLURM runs the second session.
+    unheld = {**held, "init_args": {"path": str(cluster / "progress-plain")}}
+    plain_overrides = {**overrides, "trainer.callbacks": [unheld, rare]}
+    plain = load_study(
+        write_study(cluster, "plain", seeds=[1], variants={"gpt2": {}}, overrides=plain_overrides)
+    )
+    run_here(plain)
     submit_and_wait(load_study(path))
 
     record = state(run.dir)
@@ -65,8 +76,6 @@ def test_signalled_job_is_requeued_and_resumes_to_the_same_weights(cluster, caps
     assert steps == list(range(12)), steps
     assert len(list((run.dir / "logs").glob("version_*"))) == 2  # two sessions, one Lightning log each
 
-    plain = load_study(write_study(cluster, "plain", seeds=[1], variants={"gpt2": {}}, overrides=overrides))
-    ablate(plain, parallel=2)  # uninterrupted, locally (a subprocess, one thread)
     assert_same_weights(run.dir, plan(plain)[0].dir)
     report = (study.out_dir / "report.md").read_text()
     assert "**running**" not in report and "**failed**" not in report
@@ -113,25 +122,6 @@ def docs_sbatch_script(recipe) -> str:
     return script[0].replace("RECIPE.yaml", str(recipe))
 
 
-def sbatch_wait(script, args, cwd):
-    """``sbatch --wait SCRIPT ARGS``, bounded by WAIT_S (the job is cancelled past it): its exit status."""
-    proc = subprocess.Popen(
-        ["sbatch", "--parsable", "--wait", f"--output={cwd}/slurm-%j.out", str(script), *args],
-        cwd=cwd,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    job = proc.stdout.readline().strip().split(";")[0]
-    try:
-        proc.wait(timeout=WAIT_S)
-    except subprocess.TimeoutExpired:
-        subprocess.run(["scancel", job], capture_output=True, timeout=30)
-        proc.kill()
-        raise AssertionError(f"sbatch job {job} did not end in {WAIT_S} s") from None
-    return proc.returncode, job
-
-
 def test_two_task_ddp_under_slurm_equals_two_local_processes(cluster):
     """One local 2-process DDP run, and the same run under SLURM twice: through the ablation launcher
     (``tasks_per_node: 2``), and through docs/scale.md's sbatch script for ``fit``."""
@@ -145,24 +135,29 @@ def test_two_task_ddp_under_slurm_equals_two_local_processes(cluster):
     on_slurm = load_study(
         write_study(cluster, "ddp_slurm", launcher={"time": 30, "tasks_per_node": 2}, **spec)
     )
-    submit_and_wait(on_slurm)
+    ablate(on_slurm, launcher="slurm")
     local = load_study(write_study(cluster, "ddp_local", **spec))
-    ablate(local, parallel=2)  # `python -m gpt2kit fit` in a subprocess; Lightning starts the second rank
-    run_slurm, run_local = plan(on_slurm)[0].dir, plan(local)[0].dir
-    assert state(run_slurm)["status"] == state(run_local)["status"] == "done"
-    assert "SLURM" in (run_slurm / "train.log").read_text()  # ranks from Lightning's SLURM environment
-    assert (run_slurm / "train.rank1.log").is_file()
-    assert_same_weights(run_slurm, run_local)
 
     # The docs' script: a user's recipe (the local run's, writing into its own folder) with a step count
-    # the script's extra arguments ("$@") bring down to the run's.
+    # the script's extra arguments ("$@") bring down to the run's. Queued behind the first job (each takes
+    # both CPUs of the node), while the local run trains.
     run_sbatch = cluster / "out" / "sbatch"
     recipe = place(plan(local)[0].identity, run_sbatch)
     steps = recipe["trainer"]["max_steps"]
     recipe["trainer"]["max_steps"] = 100 * steps  # not reached if "$@" is passed on
     (cluster / "recipe.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
     (cluster / "fit-cpu.sh").write_text(docs_sbatch_script(cluster / "recipe.yaml"))
-    rc, job = sbatch_wait(cluster / "fit-cpu.sh", ["--trainer.max_steps", str(steps)], cluster)
+    job = sbatch(cluster / "fit-cpu.sh", ["--trainer.max_steps", str(steps)], cluster)
+
+    ablate(local, parallel=2)  # `python -m gpt2kit fit` in a subprocess; Lightning starts the second rank
+    submit_and_wait(load_study(on_slurm.path))
+    run_slurm, run_local = plan(on_slurm)[0].dir, plan(local)[0].dir
+    assert state(run_slurm)["status"] == state(run_local)["status"] == "done"
+    assert "SLURM" in (run_slurm / "train.log").read_text()  # ranks from Lightning's SLURM environment
+    assert (run_slurm / "train.rank1.log").is_file()
+    assert_same_weights(run_slurm, run_local)
+
+    rc = wait_job(job)
     output = (cluster / f"slurm-{job}.out").read_text() if (cluster / f"slurm-{job}.out").is_file() else ""
     assert rc == 0, f"sbatch job {job} exited {rc}: {output[-2000:]}"
     assert "SLURM" in output  # Lightning took the ranks from SLURM's environment
