@@ -79,12 +79,14 @@ COMMANDS: dict[str, str] = {
 }
 """The one dispatch table: command → ``module:function`` (one module per command in this package),
 imported only when that command runs (so ``generate``, ``chat`` and ``serve`` start without importing
-Lightning). A function whose name ends in ``_command`` has its parameters parsed here (a ``sampling``
-parameter becomes the shared sampling options); one ending in ``_main`` parses its own arguments."""
+Lightning). Its parameters are parsed here (a ``sampling`` parameter becomes the shared sampling
+options), unless the command is one of :data:`OWN_PARSER`."""
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
 """LightningCLI's subcommands (:mod:`gpt2kit.training.cli`)."""
 POSITIONAL = {"import-hf", "export-hf"}
 """Commands whose required arguments are positional (``import-hf HF_DIR OUT``)."""
+OWN_PARSER = {"list", "prepare", "ablate"}
+"""Commands whose function takes the argument list and parses it itself."""
 
 
 def command(name: str) -> Callable[..., None]:
@@ -125,7 +127,7 @@ def _dispatch(argv: list[str]) -> None:
         )
     if argv and argv[0] in COMMANDS:
         fn = command(argv[0])
-        if fn.__name__.endswith("_main"):
+        if argv[0] in OWN_PARSER:
             fn(argv[1:])
         else:
             _run_function(fn, argv[1:], argv[0])
