@@ -135,10 +135,40 @@ def test_bf16_batch_of_one_runs_linear_layers_as_matrix_vector_products(monkeypa
                         lambda self, *a, **k: calls.append(1) or original(self, *a, **k))  # fmt: skip
     fast = generate(gpt, [[3, 1, 4]], cfg)  # one row: the engine decodes through MatVecLinear
     assert calls
-    calls.clear()
-    plain = generate(gpt, [[3, 1, 4], [3, 1, 4]], cfg)  # batch 2: plain F.linear
-    assert not calls
+    plain = generate(gpt, [[3, 1, 4], [3, 1, 4]], cfg)  # batch 2: plain F.linear in bfloat16
     assert fast[0].tokens == plain[0].tokens
+
+
+@pytest.mark.parametrize("rows", [1, 8])
+def test_float32_decode_rows_take_the_faster_gemm_with_the_same_products(rows, monkeypatch):
+    """One float32 row runs as a two-column GEMM, several rows of a tall (LM-head) weight weight-first;
+    the products are F.linear's (to rounding), and decoding gives the tokens of plain F.linear."""
+    from gpt2kit.decoding import sampling
+
+    tall, short = torch.randn(sampling.TALL, 32), torch.randn(96, 32)
+    x, bias = torch.randn(rows, 1, 32), torch.randn(sampling.TALL)
+    gemms = []
+    monkeypatch.setattr(torch.Tensor, "__matmul__", lambda a, b: gemms.append(b.shape) or torch.matmul(a, b))
+    with torch.no_grad(), MatVecLinear():
+        y = torch.nn.functional.linear(x, tall, bias)
+        y_short = torch.nn.functional.linear(x, short)
+    monkeypatch.undo()
+    assert gemms[0] == (32, 2 if rows == 1 else rows)  # the weight on the left; one row twice
+    assert len(gemms) == (2 if rows == 1 else 1)  # 8 rows of a short weight: F.linear itself
+    assert torch.allclose(y, torch.nn.functional.linear(x, tall, bias), rtol=1e-5, atol=1e-5)
+    assert torch.allclose(y_short, torch.nn.functional.linear(x, short), rtol=1e-5, atol=1e-5)
+    monkeypatch.setattr(torch.Tensor, "__matmul__", lambda a, b: gemms.append(b.shape) or torch.matmul(a, b))
+    gemms.clear()
+    with MatVecLinear():  # gradients on (training): F.linear itself
+        torch.nn.functional.linear(x, tall)
+    monkeypatch.undo()
+    assert not gemms
+    gpt, cfg = model(), SamplingConfig(max_new_tokens=12, temperature=0)
+    fast = generate(gpt, [[3, 1, 4]] * rows, cfg)
+    monkeypatch.setattr(
+        MatVecLinear, "__torch_function__", lambda self, f, t, a=(), k=None: f(*a, **(k or {}))
+    )
+    assert [c.tokens for c in generate(gpt, [[3, 1, 4]] * rows, cfg)] == [c.tokens for c in fast]
 
 
 def test_top_k_and_top_p_keep_only_the_head_of_the_distribution():

@@ -18,8 +18,9 @@ each, and runs a loop of steps:
 2. **Decode.** One forward pass feeds every busy slot's last token at that slot's own position. The
    slot cache (:class:`SlotKVCache`) writes each row at its own length and marks the columns a row has
    not filled as invalid, so the attention mask hides them: a request sees exactly its own tokens,
-   whoever shares the batch. With one row on the CPU in bfloat16, the linear layers run as matrix-vector
-   products (:class:`~gpt2kit.decoding.sampling.MatVecLinear`), and one unpadded row needs no mask.
+   whoever shares the batch. On the CPU the linear layers take the kernel that reads their weights
+   fastest for a step's few rows (:class:`~gpt2kit.decoding.sampling.MatVecLinear`), and one unpadded
+   row needs no mask.
 3. **Sample and stop.** Each request draws its next token with its own options and seeded generator
    (:func:`~gpt2kit.decoding.sampling.sample_next`); greedy rows without penalties share one argmax.
    The request's own rules (:class:`~gpt2kit.decoding.sequence.Request`) end it on a stop token, a stop
@@ -106,7 +107,7 @@ class Engine:
         self.vocab_size = model.config.vocab_size
         param = next(model.parameters())
         self.device = param.device
-        self._matvec = self.device.type == "cpu" and param.dtype == torch.bfloat16
+        self._matvec = self.device.type == "cpu" and param.dtype in (torch.bfloat16, torch.float32)
         self.cache = [SlotKVCache(layer) for layer in model.new_cache(max_batch, self.cache_len)]
         self.slots: list[Request | None] = [None] * max_batch
         self.lengths = [0] * max_batch
@@ -432,7 +433,7 @@ class Engine:
         for layer in self.cache:
             layer.cols, layer.width, layer.padded = col_t, width, not uniform
         ids = torch.tensor(tokens, device=self.device)[:, None]  # (R, 1)
-        with MatVecLinear() if R == 1 and self._matvec else contextlib.nullcontext():
+        with MatVecLinear() if self._matvec else contextlib.nullcontext():
             logits = self.model(ids, pos=col_t[:, None], cache=self.cache)[:, -1]  # (R, vocab)
         for r in feed:
             self.lengths[r.slot] += 1
