@@ -24,6 +24,29 @@ def test_print_config_resolves_class_paths():
     assert cfg["model"]["arch"]["n_layer"] == 4 and cfg["trainer"]["max_steps"] == 2000
 
 
+def test_every_kind_of_data_module_parses_by_its_short_name_in_a_fresh_process():
+    """Recipes name their DataModule by class name (TextDataModule, ChatDataModule, PromptDataModule); in
+    a process that has imported nothing else first, the parser still finds each (the data package imports
+    its DataModules lazily, and a test run's import order once hid that ChatDataModule was missing)."""
+    recipes = {
+        "fit": ["pretrain/shakespeare-char.yaml", "chat/topical-chat.yaml"],
+        "predict": ["predict/completions.yaml"],
+    }
+    script = (
+        "import sys\nfrom gpt2kit.components import load_builtins\nfrom gpt2kit.training.cli import recipe_parser\n"
+        "load_builtins()\nfor sub, path in zip(sys.argv[1::2], sys.argv[2::2]):\n"
+        "    cfg = recipe_parser().parse_args([sub, '--config', path])\n    print(cfg[sub].data.class_path)\n"
+    )
+    args = [a for sub, paths in recipes.items() for p in paths for a in (sub, str(RECIPES / p))]
+    out = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, timeout=240)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert [line.rsplit(".", 1)[-1] for line in out.stdout.split()] == [
+        "TextDataModule",
+        "ChatDataModule",
+        "PromptDataModule",
+    ]
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("run")

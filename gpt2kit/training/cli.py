@@ -101,8 +101,10 @@ class GPT2KitCLI(LightningCLI):
 
 
 def _import_recipe_classes() -> None:
-    import gpt2kit.data  # noqa: F401  short class names in recipes (TextDataModule, PromptDataModule)
-    import gpt2kit.training.callbacks  # noqa: F401  short class names in recipes (JSONLWriter)
+    """Import the classes recipes name by their short names (jsonargparse finds them among the imported
+    subclasses). ``gpt2kit.data`` imports its DataModules only when asked for them, so they are asked for."""
+    from gpt2kit.data import ChatDataModule, PromptDataModule, TextDataModule  # noqa: F401
+    from gpt2kit.training.callbacks import JSONLWriter  # noqa: F401
 
 
 def lightning_main(args: Sequence[str] | None = None, run: bool = True) -> GPT2KitCLI:
