@@ -171,6 +171,33 @@ def test_float32_decode_rows_take_the_faster_gemm_with_the_same_products(rows, m
     assert [c.tokens for c in generate(gpt, [[3, 1, 4]] * rows, cfg)] == [c.tokens for c in fast]
 
 
+def test_a_decode_step_costs_no_work_it_does_not_need(monkeypatch):
+    """MatVecLinear sees every op of a step, so an int8 model (no float linear layer) decodes without it;
+    and a model already in eval mode is not switched back and forth each step (a walk over every module)."""
+    from gpt2kit.decoding.int8 import quantize_int8
+
+    entered, switched = [], []
+    original = MatVecLinear.__torch_function__
+    monkeypatch.setattr(MatVecLinear, "__torch_function__",
+                        lambda self, *a, **k: entered.append(1) or original(self, *a, **k))  # fmt: skip
+    cfg = SamplingConfig(max_new_tokens=4, temperature=0)
+    generate(quantize_int8(model()), [[3, 1, 4]], cfg)
+    assert not entered
+    gpt = model()
+    monkeypatch.setattr(
+        GPT, "train", lambda self, mode=True: switched.append(mode) or torch.nn.Module.train(self, mode)
+    )
+    generate(gpt, [[3, 1, 4]], cfg)
+    assert entered and switched == [
+        False
+    ]  # float32: the faster kernels; eval once (the engine), not per step
+    engine, switched[:] = Engine(gpt), []
+    gpt.train()  # a training loop's model between steps (predict_step): evaluated, then put back
+    engine.submit(Request([3, 1, 4], cfg))
+    engine.step()
+    assert switched == [True, False, True] and gpt.training  # ours, then the step's eval and put back
+
+
 def test_top_k_and_top_p_keep_only_the_head_of_the_distribution():
     logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]])).expand(4000, 4)
     draws = lambda **kw: set(sample_next(logits, SamplingConfig(temperature=1.0, **kw)).tolist())  # noqa: E731
