@@ -127,10 +127,15 @@ def estimator_spread(ckpt: Path, draws: int = 10_000) -> tuple[float, float, flo
 
 
 def run(
-    seed: int, max_steps: int, spread: bool = False, recipe: Path = RECIPE, threads: int | None = None
+    seed: int,
+    max_steps: int,
+    spread: bool = False,
+    recipe: Path = RECIPE,
+    threads: int | None = None,
+    fit_args: tuple[str, ...] = (),
 ) -> tuple[float, float, tuple | None, dict[int, float], list[float], int]:
-    """One fit of ``recipe``: (final val loss, wall time, spread stats, {step: val loss}, seconds per
-    step, torch's thread count in the fit)."""
+    """One fit of ``recipe`` (plus ``fit_args``): (final val loss, wall time, spread stats, {step: val
+    loss}, seconds per step, torch's thread count in the fit)."""
     with tempfile.TemporaryDirectory() as tmp:
         times = Path(tmp) / "step_times.json"
         timer = {"class_path": "bench_shakespeare.StepTimes", "init_args": {"path": str(times)}}
@@ -140,7 +145,7 @@ def run(
                 sys.executable, "-m", "gpt2kit", "fit", "--config", str(recipe),
                 f"--seed_everything={seed}", f"--data.init_args.seed={seed}",
                 f"--trainer.max_steps={max_steps}", "--trainer.enable_progress_bar=false",
-                f"--trainer.callbacks+={json.dumps(timer)}",
+                f"--trainer.callbacks+={json.dumps(timer)}", *fit_args,
             ],
             cwd=tmp, check=True, capture_output=True, env=child_env(threads),
         )  # fmt: skip
@@ -179,12 +184,7 @@ def state_from_nanogpt(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
 def nanogpt_model(ckpt: Path) -> torch.nn.Module:
     """A gpt2kit GPT holding the weights of a nanoGPT ``ckpt.pt`` (exact GELU, as nanoGPT's nn.GELU())."""
     from gpt2kit import GPT, GPTConfig
-    from gpt2kit.nn import LayerNorm
-    from gpt2kit.nn.mlp import TwoLayerMLP
-
-    class ExactGeluMLP(TwoLayerMLP):
-        def activation(self, h: torch.Tensor) -> torch.Tensor:
-            return F.gelu(h)
+    from gpt2kit.nn import ExactGeluMLP, LayerNorm
 
     saved = torch.load(ckpt, map_location="cpu", weights_only=True)
     args = saved["model_args"]
@@ -360,8 +360,16 @@ def main() -> None:
     parser.add_argument(
         "--threads", type=int, help="OMP_NUM_THREADS for both sides (default: torch's own choice)"
     )
+    parser.add_argument(
+        "--fit_arg",
+        action="append",
+        default=[],
+        help="an extra argument for gpt2kit's fit, e.g. --fit_arg=--model.mlp=ExactGeluMLP (nanoGPT's GELU)",
+    )
     args = parser.parse_args()
     print(machine(), flush=True)
+    if args.fit_arg:
+        print(f"gpt2kit fit with: {' '.join(args.fit_arg)}", flush=True)
     results, refs, nano = [], [], []
     head = "| seed | gpt2kit val loss | at step 500 | first below 1.898 | wall time (s) | ms/step |"
     extra = (" plain nanoGPT loop | its 20-batch estimate |" if args.reference else "") + (
@@ -373,7 +381,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|" + "---|" * extra.count("|"), flush=True)
     for seed in args.seeds:
         loss, wall, stats, curve, seconds, threads = run(
-            seed, args.max_steps, args.spread, args.recipe, args.threads
+            seed, args.max_steps, args.spread, args.recipe, args.threads, tuple(args.fit_arg)
         )
         results.append((loss, wall, curve, median_ms(seconds), threads))
         below = next((s for s in sorted(curve) if curve[s] < NANOGPT_FULL_VAL), None)
