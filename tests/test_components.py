@@ -16,6 +16,7 @@ from gpt2kit.commands import main
 from gpt2kit.nn import (
     ALiBiPosition,
     CausalSelfAttention,
+    ExactGeluMLP,
     GeluMLP,
     GroupedQueryAttention,
     LayerNorm,
@@ -85,11 +86,20 @@ def test_other_components_keep_the_contract():
     for kwargs in (
         dict(norm=RMSNorm, mlp=SwiGLUMLP, head=UntiedLMHead),
         dict(norm=partial(LayerNorm, bias=False), mlp=ReluMLP),
+        dict(mlp=ExactGeluMLP),
     ):
         make = gpt(position=RotaryPosition, **kwargs)
         check_causal(make)
         check_cache_matches_forward(make, prefills=[3])
         check_gradients_flow(make)
+
+
+def test_exact_gelu_mlp_is_nanogpts_erf_gelu_not_gpt2s_tanh():
+    h = torch.linspace(-4, 4, 101)
+    erf_gelu = 0.5 * h * (1 + torch.erf(h / math.sqrt(2)))  # nanoGPT's nn.GELU()
+    exact, tanh = ExactGeluMLP(tiny_config()), GeluMLP(tiny_config())
+    torch.testing.assert_close(exact.activation(h), erf_gelu)
+    assert (exact.activation(h) - tanh.activation(h)).abs().max() > 1e-4  # a different function
 
 
 # --- attention variants -----------------------------------------------------------------------------
@@ -365,6 +375,7 @@ COMPONENTS = {  # every attention × position pair: test_every_attention_positio
     "norm=rmsnorm": {"norm": partial(RMSNorm, eps=1e-6)},
     "norm=layernorm_no_bias": {"norm": partial(LayerNorm, bias=False)},
     "mlp=relu": {"mlp": ReluMLP},
+    "mlp=gelu_exact": {"mlp": ExactGeluMLP},
     "mlp=swiglu": {"mlp": partial(SwiGLUMLP, multiple_of=32)},
     "head=untied": {"head": UntiedLMHead},
     "head=classification": {"head": partial(SequenceClassificationHead, num_classes=4)},

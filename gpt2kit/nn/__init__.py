@@ -17,7 +17,7 @@ from gpt2kit.nn.attention import (
 from gpt2kit.nn.block import Block
 from gpt2kit.nn.heads import Head, SequenceClassificationHead, TiedLMHead, UntiedLMHead
 from gpt2kit.nn.init import gpt2_init, mark_residual
-from gpt2kit.nn.mlp import MLP, GeluMLP, ReLU2MLP, ReluMLP, SwiGLUMLP
+from gpt2kit.nn.mlp import MLP, ExactGeluMLP, GeluMLP, ReLU2MLP, ReluMLP, SwiGLUMLP
 from gpt2kit.nn.norm import LayerNorm, Norm, RMSNorm
 from gpt2kit.nn.position import (
     ALiBiPosition,
@@ -34,6 +34,7 @@ __all__ = [
     "Block",
     "CausalSelfAttention",
     "GeluMLP",
+    "ExactGeluMLP",
     "GroupedQueryAttention",
     "Head",
     "KVCache",
