@@ -39,6 +39,12 @@ class SlotKVCache(KVCache):
             self.v[0, :, c] = v[0, :, 0]
             self.pos[0, c] = pos[0, 0]
             self.valid[0, c] = True
+        elif not self.padded:  # every row writes the same column (a uniform batch): slices, no scatter
+            c = int(self.cols[0]) if self.cols.device.type == "cpu" else self.cols[0]
+            self.k[:R, :, c] = k[:, :, 0]
+            self.v[:R, :, c] = v[:, :, 0]
+            self.pos[:R, c] = pos[:, 0]
+            self.valid[:R, c] = True
         else:
             rows = torch.arange(R, device=k.device)
             self.k[rows, :, self.cols] = k[:, :, 0]  # (R, h, hs) at (row, :, its column)
