@@ -50,9 +50,9 @@ def generate_command(
     for i, (text, prompt_ids) in enumerate(zip(prompts, ids, strict=True)):
         for j in range(num_samples):
             if len(prompts) > 1:
-                print(f"--- prompt {i + 1}, sample {j + 1} ---")
+                sys.stdout.write(f"--- prompt {i + 1}, sample {j + 1} ---\n")
             elif num_samples > 1:
-                print(f"--- sample {j + 1} ---")
+                sys.stdout.write(f"--- sample {j + 1} ---\n")
             if seed is not None:
                 cfg = dataclasses.replace(cfg, seed=seed + n)
             n += 1

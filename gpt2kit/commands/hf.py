@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from gpt2kit.errors import GPT2KitError
@@ -19,7 +20,7 @@ def import_hf_command(hf_dir: str, out: str, tokenizer: str | None = None) -> No
     from gpt2kit.interop.hf import import_hf
     from gpt2kit.interop.hub import resolve_folder
 
-    print(f"wrote {import_hf(resolve_folder(hf_dir), out, tokenizer)}")
+    sys.stdout.write(f"wrote {import_hf(resolve_folder(hf_dir), out, tokenizer)}\n")
 
 
 def export_hf_command(ckpt: str, out_dir: str) -> None:
@@ -35,4 +36,4 @@ def export_hf_command(ckpt: str, out_dir: str) -> None:
         raise GPT2KitError(
             f"out_dir {out_dir} is a file, not a folder: give a new or existing folder to write"
         )
-    print(f"wrote {export_hf(ckpt, out_dir)}")
+    sys.stdout.write(f"wrote {export_hf(ckpt, out_dir)}\n")

@@ -19,23 +19,23 @@ def list_command(kind: str | None = None, pattern: str = "*") -> None:
         for e in entries
     ]
     if not rows:
-        print(f"no {kind or 'component'} matches '{pattern}'")
+        sys.stdout.write(f"no {kind or 'component'} matches '{pattern}'\n")
         return
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
-    print(
+    sys.stdout.write(
         "name, class, source, summary; recipes and options take the name or the class "
-        "(--model.attention math or MathAttention)"
+        "(--model.attention math or MathAttention)\n"
     )
     current = None
     for r in rows:
         if r[0] != current:
             current = r[0]
-            print(f"\n{current}:")
-        print(f"  {r[1]:<{widths[1]}}  {r[2]:<{widths[2]}}  {r[3]:<{widths[3]}}  {r[4]}")
+            sys.stdout.write(f"\n{current}:\n")
+        sys.stdout.write(f"  {r[1]:<{widths[1]}}  {r[2]:<{widths[2]}}  {r[3]:<{widths[3]}}  {r[4]}\n")
     if failed_plugins:
-        print("\nplugins that failed to load (skipped):")
+        sys.stdout.write("\nplugins that failed to load (skipped):\n")
         for name, reason in failed_plugins.items():
-            print(f"  {name}: {reason}")
+            sys.stdout.write(f"  {name}: {reason}\n")
 
 
 def list_main(args: Sequence[str]) -> None:
