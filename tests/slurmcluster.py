@@ -68,6 +68,11 @@ class Progress(L.Callback):
         while not trainer.received_sigterm and time.monotonic() < deadline:
             time.sleep(0.05)
 
+"""
+
+CRASH = """
+import lightning as L
+
 
 class CrashAtStep(L.Callback):
     def __init__(self, step: int = 2) -> None:
@@ -77,6 +82,8 @@ class CrashAtStep(L.Callback):
         if trainer.global_step == self.step:
             raise RuntimeError(f"boom at step {trainer.global_step}")
 """
+"""A bug that shows only during training (in a plugin, say): step ``step`` raises (also tests/test_ablate.py)."""
+HELPERS += CRASH
 
 
 def _cluster() -> str | None:

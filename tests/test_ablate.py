@@ -9,6 +9,7 @@ import pytest
 import torch
 import yaml
 from conftest import RECIPES
+from slurmcluster import CRASH  # a callback whose step 2 raises, as a plugin module's source
 
 from gpt2kit.ablate import ablate, load_study
 from gpt2kit.ablate.report import COLUMNS, ranking_metric
@@ -262,21 +263,6 @@ def test_variant_that_does_not_parse_is_reported_and_the_others_run(tmp_path):
     assert "unknown attention 'NoSuchAttention'" in rows["broken"]["error"]
     report = (out / "report.md").read_text()
     assert "- broken (seed 7): **failed**: model.attention: unknown attention 'NoSuchAttention'" in report
-
-
-# A bug that shows only during training (in a plugin, say): step 2 raises.
-CRASH = """
-import lightning as L
-
-
-class CrashAtStep(L.Callback):
-    def __init__(self, step: int = 2) -> None:
-        self.step = step
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if trainer.global_step == self.step:
-            raise RuntimeError(f"boom at step {trainer.global_step}")
-"""
 
 
 def test_variant_that_crashes_mid_training_is_failed_and_the_others_finish(tmp_path, monkeypatch):

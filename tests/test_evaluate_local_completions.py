@@ -20,6 +20,7 @@ lm_eval = pytest.importorskip("lm_eval")
 pytest.importorskip("transformers")
 
 import test_evaluate  # noqa: E402
+from test_evaluate import offline  # noqa: E402, F401  (autouse: no download, the datasets cache in tmp)
 
 from gpt2kit.checkpoint import save_checkpoint  # noqa: E402
 from gpt2kit.evaluate import GPT2KitLM, metrics, run_tasks  # noqa: E402
@@ -82,13 +83,6 @@ def test_local_completions_imports_what_it_needs():
 
     lm = LocalCompletionsAPI(base_url="http://127.0.0.1:9/v1/completions", tokenizer_backend="none")
     assert lm.tokenizer is None
-
-
-@pytest.fixture(autouse=True)
-def offline(monkeypatch, tmp_path_factory):
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path_factory.getbasetemp() / "datasets"))
 
 
 def test_local_completions_against_gpt2kit_serve_scores_as_the_gpt2kit_backend(tmp_path, monkeypatch):

@@ -288,10 +288,7 @@ class BatchedMuon(torch.optim.Muon if hasattr(torch.optim, "Muon") else torch.op
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = _closure_loss(closure)
         for group in self.param_groups:
             params = [p for p in group["params"] if p.grad is not None]
             if not params:
@@ -419,12 +416,17 @@ class MuonAdamW(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = _closure_loss(closure)
         if self.muon.param_groups:
             self.muon.step()
         if self.adamw.param_groups:
             self.adamw.step()
         return loss
+
+
+def _closure_loss(closure: Callable[[], Tensor] | None) -> Tensor | None:
+    """``torch.optim``'s step protocol: the loss of ``closure`` (run with gradients on), or None."""
+    if closure is None:
+        return None
+    with torch.enable_grad():
+        return closure()
